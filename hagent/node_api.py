@@ -1,0 +1,53 @@
+"""What the admin socket and the status endpoint may ask of a running agent.
+
+The daemon implements this; the admin server and the status endpoint depend only on
+this protocol, so they are tested against a small in-test node without a cluster.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol, TypeVar
+
+from prometheus_client import CollectorRegistry
+
+T = TypeVar("T")
+
+
+class AgentNode(Protocol):
+    name: str
+    registry: CollectorRegistry  # this agent's Prometheus metrics
+
+    def status(self) -> dict[str, Any]:
+        """The `/status` document; safe to call from any thread.
+
+        Keys: node, role (leader|follower|candidate|replica), voter (bool), leader
+        (raft address or None), term, commit_index, applied_index, log_size,
+        voters (list of {address, reachable}), notifications (counts by status),
+        ready (bool: joined the log and caught up).
+        """
+
+    def members(self) -> list[dict[str, Any]]:
+        """Known cluster members: {name, raft_address, voter, reachable}."""
+
+    def is_leader(self) -> bool: ...
+
+    def health(self) -> tuple[bool, str]:
+        """(healthy, reason): applied index within status.max_lag of the leader's commit."""
+
+    def read(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(state)`` on the local replica's ClusterState under its lock."""
+
+    async def propose(self, command: dict[str, Any]) -> dict[str, Any]:
+        """Commit ``command`` through the log (``at`` is filled in if absent).
+
+        Returns ClusterState.apply's answer ({"ok", "result", "error"}), or
+        {"ok": False, "error": "..."} when the log could not commit it in time.
+        """
+
+    async def submit_notification(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """Spool (fsynced) then commit a notification; ``fields`` holds type, hostname,
+        generated_time, payload and optionally notification_uuid.
+
+        Returns {"ok": True, "committed": bool, "result": record}. When the log did not
+        commit within notifications.submit_timeout, ``committed`` is False, the record is the
+        spooled one with status "pending", and the spool keeps resending.
+        """
