@@ -1,0 +1,5 @@
+import sys
+
+from hagent.cli import main
+
+sys.exit(main())
