@@ -5,14 +5,44 @@ default (the ``doc`` metadata). ``docs/configuration.md`` is generated from thes
 declarations and a test keeps it true. The parser (``load_config``) walks these
 dataclasses, so an unknown key, a wrong type or a bad value stops start-up with
 the key path and the reason, e.g. ``raft.voters[2]: "10.0.0.3" is not host:port``.
+
+How a knob is declared, and what the loader does with each piece of metadata:
+
+- ``doc``: the reason for the default; rendered into the docs and the example file.
+- ``required``: no default; a file that omits the key is refused.
+- ``choices``: the value must be one of these.
+- ``check``: constraints on the value, each a function ``value -> reason | None``
+  made with :func:`constraint` (its description goes into the docs).
+- ``item_check``: the same, applied to every element of a list (errors name ``key[i]``).
+- ``example``: a value for the generated example file where the default does not fit.
+
+Constraints between keys of one table are :class:`Rule` objects in the table's
+``rules`` class attribute, so validation stays a list of declarations rather than an
+if-chain. All problems in a file are collected and raised together as ``ConfigError``.
+
+Relative paths in the file are taken relative to the file's own directory, so a lab
+directory can carry its config, secret and state side by side.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import difflib
+import ipaddress
+import json
+import math
+import re
+import sys
+import tomllib
+import typing
+from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass
 from pathlib import Path
+from typing import Any, Callable, ClassVar
 
 DEFAULT_CONFIG_PATH = Path("/etc/hagent/hagent.toml")
 
+Check = Callable[[Any], "str | None"]
+
+
+# --- declaring knobs ------------------------------------------------------------------
 
 def knob(default, doc: str, **kw):
     """A config field: its default and why that default (rendered into the docs)."""
@@ -26,11 +56,169 @@ def required(doc: str, **kw):
     return field(metadata={"doc": doc, "required": True, **kw})
 
 
+def constraint(describes: str) -> Callable[[Check], Check]:
+    """Mark ``fn(value) -> reason | None`` as a constraint; ``describes`` goes into the docs."""
+
+    def mark(fn: Check) -> Check:
+        fn.describes = describes  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A constraint between keys of one table.
+
+    ``check`` receives the values of ``keys`` in order and returns the reason they are
+    wrong, or None. The error is reported at the first key. A rule runs only when each of
+    its keys passed its own checks, so one mistake is reported once.
+    """
+
+    keys: tuple[str, ...]
+    check: Callable[..., "str | None"]
+    doc: str
+
+
+# --- value constraints ----------------------------------------------------------------
+
+_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_NAME_LABEL = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
+
+
+def _q(value: Any) -> str:
+    """Quote a value the way TOML writes it, so errors show exactly what was read."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _hostname_problem(host: str, label: re.Pattern[str]) -> str | None:
+    if len(host) > 253:
+        return "longer than 253 characters"
+    for part in host.split("."):
+        if not label.match(part):
+            return f"{_q(part)} is not a valid host name label" if part else "empty label"
+    return None
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """Split ``host:port`` / ``[v6]:port`` into (host without brackets, port).
+
+    Raises ValueError saying what is wrong. Callers that hand addresses to libraries
+    expecting a bare host (socket, pysyncobj) use this rather than ``rsplit(":")``.
+    """
+    if value.startswith("["):
+        close = value.find("]")
+        if close < 0:
+            raise ValueError("no closing ']'")
+        host, rest = value[1:close], value[close + 1:]
+        if not rest.startswith(":"):
+            raise ValueError("no :port after ']'")
+        port = rest[1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{_q(host)} is not an IPv6 address") from None
+    else:
+        host, sep, port = value.rpartition(":")
+        if not sep:
+            raise ValueError("no :port")
+        if not host:
+            raise ValueError("empty host")
+        if ":" in host:
+            raise ValueError("an IPv6 address needs brackets: [addr]:port")
+        if re.fullmatch(r"[0-9.]+", host):
+            try:
+                ipaddress.IPv4Address(host)
+            except ValueError:
+                raise ValueError(f"{_q(host)} is not an IPv4 address") from None
+        else:
+            problem = _hostname_problem(host, _LABEL)
+            if problem:
+                raise ValueError(f"host {problem}")
+    if not port.isascii() or not port.isdigit():
+        raise ValueError(f"port {_q(port)} is not a number")
+    number = int(port)
+    if not 1 <= number <= 65535:
+        raise ValueError(f"port {number} is outside 1-65535")
+    return host, number
+
+
+@constraint("`host:port` (IPv4, `[IPv6]` or host name; port 1-65535)")
+def host_port(value: str) -> str | None:
+    try:
+        split_host_port(value)
+    except ValueError as exc:
+        return f"{_q(value)} is not host:port ({exc})"
+    return None
+
+
+@constraint("empty, or `host:port`")
+def empty_or_host_port(value: str) -> str | None:
+    return host_port(value) if value else None
+
+
+@constraint("a host name: dot-separated labels of letters, digits, `-` and `_`")
+def node_name(value: str) -> str | None:
+    problem = _hostname_problem(value, _NAME_LABEL) if value else "it is empty"
+    return f"{_q(value)} is not a valid node name ({problem})" if problem else None
+
+
+@constraint("empty, or a group name")
+def group_name(value: str) -> str | None:
+    if value and not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\$?", value):
+        return f"{_q(value)} is not a valid group name"
+    return None
+
+
+@constraint("> 0")
+def positive(value: float) -> str | None:
+    return None if value > 0 else f"must be greater than 0, got {value}"
+
+
+@constraint(">= 0")
+def non_negative(value: float) -> str | None:
+    return None if value >= 0 else f"must be 0 or more, got {value}"
+
+
+MAX_LEADER_FALLBACK = 3.0
+
+
+@constraint(f"> 0 and <= {MAX_LEADER_FALLBACK:g}")
+def fallback_window(value: float) -> str | None:
+    if 0 < value <= MAX_LEADER_FALLBACK:
+        return None
+    return (f"must be in (0, {MAX_LEADER_FALLBACK:g}] seconds, got {value}: an isolated leader "
+            "must stop acting within seconds, before the majority's new leader starts recovery")
+
+
+@constraint("3 or 5 entries, no duplicates")
+def voter_set(voters: list[str]) -> str | None:
+    problems = []
+    if len(voters) not in (3, 5):
+        problems.append(
+            f"{len(voters)} voters given; use 3 or 5: with fewer, one failed voter loses the "
+            "majority and the cluster stops; an even count tolerates no more failures than "
+            "one voter fewer")
+    seen: dict[str, int] = {}
+    for i, voter in enumerate(voters):
+        key = voter.lower()
+        if key in seen:
+            problems.append(f"{_q(voter)} is listed twice (entries {seen[key]} and {i})")
+        else:
+            seen[key] = i
+    return "; ".join(problems) or None
+
+
+# --- the configuration ------------------------------------------------------------------
+
 @dataclass(frozen=True)
 class NodeConfig:
+    """This node: its name and where it keeps its files."""
+
     name: str = required(
         "This node's name: the compute host name Nova knows it by (`hypervisor_hostname`'s "
-        "host). Every log record and every notification this node sends carries it.")
+        "host). Every log record and every notification this node sends carries it.",
+        check=(node_name,), example="compute-01")
     state_dir: Path = knob(
         Path("/var/lib/hagent"),
         "Raft journal, snapshots and the submission spool. systemd's `StateDirectory=` "
@@ -40,39 +228,77 @@ class NodeConfig:
         "Runtime files (admin socket). systemd's `RuntimeDirectory=` creates it, cleared on reboot.")
 
 
+def _bind_in_voters(bind: str, voters: list[str]) -> str | None:
+    if not bind or bind.lower() in (v.lower() for v in voters):
+        return None
+    return (f"{_q(bind)} is not one of voters: a voter binds exactly its own voters entry; "
+            "a non-voter leaves bind empty")
+
+
+def _min_below_max(low: float, high: float) -> str | None:
+    if low < high:
+        return None
+    return (f"{low} must be below election_timeout_max ({high}): the timeout is drawn from "
+            "[min, max] and needs a spread to avoid split votes")
+
+
+def _heartbeat_below_election(period: float, election_min: float) -> str | None:
+    if period < election_min:
+        return None
+    return (f"{period} must be below election_timeout_min ({election_min}): followers would "
+            "time out a healthy leader between its heartbeats")
+
+
 @dataclass(frozen=True)
 class RaftConfig:
+    """The Raft log (pysyncobj): who votes, how it is secured, its timing and durability."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(("bind", "voters"), _bind_in_voters, "`bind` is empty or one of `voters`"),
+        Rule(("election_timeout_min", "election_timeout_max"), _min_below_max,
+             "`election_timeout_min` < `election_timeout_max`"),
+        Rule(("append_entries_period", "election_timeout_min"), _heartbeat_below_election,
+             "`append_entries_period` < `election_timeout_min`"),
+    )
+
     voters: list[str] = required(
         "`host:port` Raft addresses of the 3 or 5 voters. Every node lists the same set; "
-        "a node whose `bind` is in this list is a voter, every other node a non-voter replica.")
+        "a node whose `bind` is in this list is a voter, every other node a non-voter replica.",
+        check=(voter_set,), item_check=(host_port,),
+        example=["10.0.0.11:7170", "10.0.0.12:7170", "10.0.0.13:7170"])
     secret_file: Path = knob(
         Path("/etc/hagent/cluster.secret"),
         "Cluster secret that authenticates and encrypts Raft traffic (pysyncobj password). "
-        "Start-up refuses a file that is group or world readable.")
+        "Start-up refuses a file other users may read or change (fix: `chmod 600`).")
     bind: str = knob(
         "",
         "This node's own Raft `host:port` when it is a voter (must appear in `voters`); "
-        "empty on non-voters. Only this address is bound, never 0.0.0.0.")
+        "empty on non-voters. Only this address is bound, never 0.0.0.0.",
+        check=(empty_or_host_port,), example="10.0.0.11:7170")
     leader_fallback_timeout: float = knob(
         2.5,
         "Seconds a leader that hears from no majority keeps acting as leader. pysyncobj's "
         "30 s default lets an isolated leader act long after the rest elected another; "
-        "2.5 s keeps that window shorter than one failure-detection round (<= 3 s).")
+        "2.5 s keeps that window shorter than one failure-detection round (<= 3 s).",
+        check=(fallback_window,))
     election_timeout_min: float = knob(
         0.4, "Lower bound of the randomised election timeout (s); pysyncobj's default, "
-        "several heartbeats on a LAN.")
+        "several heartbeats on a LAN.", check=(positive,))
     election_timeout_max: float = knob(
-        1.4, "Upper bound of the randomised election timeout (s); a wide spread avoids split votes.")
+        1.4, "Upper bound of the randomised election timeout (s); a wide spread avoids split votes.",
+        check=(positive,))
     append_entries_period: float = knob(
         0.1, "Leader heartbeat period (s); well under election_timeout_min so followers never "
-        "time out a healthy leader.")
+        "time out a healthy leader.", check=(positive,))
     connection_timeout: float = knob(
-        3.5, "Seconds without traffic before a Raft peer connection is dropped (pysyncobj default).")
+        3.5, "Seconds without traffic before a Raft peer connection is dropped (pysyncobj default).",
+        check=(positive,))
     compaction_min_entries: int = knob(
         5000, "Log entries since the last snapshot before compaction may run; bounds journal "
-        "size and restart replay time.")
+        "size and restart replay time.", check=(positive,))
     compaction_min_time: float = knob(
-        300.0, "Minimum seconds between two snapshots, so compaction never dominates CPU.")
+        300.0, "Minimum seconds between two snapshots, so compaction never dominates CPU.",
+        check=(non_negative,))
     fsync: bool = knob(
         True, "fsync journal entries and term/vote before acknowledging them. Off only for "
         "throwaway labs on tmpfs: without it a power loss of a majority can lose acknowledged "
@@ -81,45 +307,56 @@ class RaftConfig:
 
 @dataclass(frozen=True)
 class AdminConfig:
+    """The admin socket `hagentctl` uses."""
+
     socket: Path = knob(
         Path("/run/hagent/hagent.sock"),
         "Unix socket `hagentctl` talks to; created mode 0660.")
     group: str = knob(
         "",
         "Group owning the admin socket; its members (and root) may use it. Empty: the "
-        "agent's own primary group.")
+        "agent's own primary group.", check=(group_name,))
 
 
 @dataclass(frozen=True)
 class StatusConfig:
+    """The read-only HTTP status endpoint (`/status`, `/health`, `/leader`, `/metrics`)."""
+
     bind: str = knob(
         "127.0.0.1:7180",
         "Read-only HTTP status endpoint `host:port`. Loopback by default: cluster state is "
-        "not for the whole network unless an operator opens it.")
+        "not for the whole network unless an operator opens it.", check=(host_port,))
     max_lag: int = knob(
         100,
         "`/health` answers 200 while this node's applied index is within this many entries "
-        "of the leader's commit index: a replica further behind serves stale state.")
+        "of the leader's commit index: a replica further behind serves stale state.",
+        check=(non_negative,))
 
 
 @dataclass(frozen=True)
 class NotificationConfig:
+    """Notifications: duplicate detection and how this node delivers its own."""
+
     duplicate_interval: float = knob(
         180.0,
         "Seconds of generated_time within which the same type + host + payload is `ignored` "
-        "as a duplicate (Masakari's `duplicate_notification_detection_interval`).")
+        "as a duplicate (Masakari's `duplicate_notification_detection_interval`).",
+        check=(non_negative,))
     resend_interval: float = knob(
         1.0,
         "Seconds between resends of a spooled notification the log has not confirmed; "
-        "short so a leader change costs about one election, not minutes.")
+        "short so a leader change costs about one election, not minutes.", check=(positive,))
     submit_timeout: float = knob(
         10.0,
         "Seconds `notification create` waits for the log to commit before answering with "
-        "the spooled (still pending) record; the spool keeps resending after that.")
+        "the spooled (still pending) record; the spool keeps resending after that.",
+        check=(positive,))
 
 
 @dataclass(frozen=True)
 class LoggingConfig:
+    """Logging to stderr (journald under systemd)."""
+
     level: str = knob("INFO", "Log level (DEBUG, INFO, WARNING, ERROR).", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
 
@@ -145,6 +382,259 @@ class ConfigError(Exception):
         super().__init__("\n".join(errors))
 
 
+# --- loading ------------------------------------------------------------------------------
+
 def load_config(path: Path) -> Config:
-    """Parse and validate ``path``; raises ConfigError listing every problem found."""
-    raise NotImplementedError  # implemented by the config work item
+    """Parse and validate ``path``; raises ConfigError listing every problem found.
+
+    Each error is ``key.path: reason`` (or ``TOML syntax error: ... (at line N, column M)``);
+    the file name is not repeated in them, so callers prefix it.
+    """
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError([f"cannot read the config file: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"not UTF-8 text: {exc.reason} at byte {exc.start}"]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"TOML syntax error: {exc}"]) from None
+    return parse_config(data, base_dir=path.parent)
+
+
+def loads_config(text: str, base_dir: Path | None = None) -> Config:
+    """``load_config`` for TOML text (tests, the lab)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"TOML syntax error: {exc}"]) from None
+    return parse_config(data, base_dir=base_dir)
+
+
+def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> Config:
+    """Validate an already-parsed TOML document; relative paths resolve against ``base_dir``."""
+    errors: list[str] = []
+    config = _Loader(errors, base_dir).table(Config, data, "")
+    if errors or config is None:
+        raise ConfigError(errors or ["invalid configuration"])
+    return config
+
+
+_TYPE_NAMES: dict[Any, str] = {
+    str: "a string", int: "an integer", float: "a number", bool: "true or false",
+    Path: "a path (string)",
+}
+
+
+def type_name(tp: Any) -> str:
+    """How the docs and errors name a knob's type."""
+    if typing.get_origin(tp) is list:
+        (item,) = typing.get_args(tp)
+        return "an array of " + _TYPE_NAMES[item].split(" ", 1)[1] + "s"
+    return _TYPE_NAMES[tp]
+
+
+def describe_value(value: Any) -> str:
+    """What a TOML value is, for 'expected X, got Y' messages."""
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if isinstance(value, int):
+        return f"integer {value}"
+    if isinstance(value, float):
+        return f"float {value}"
+    if isinstance(value, str):
+        return f"string {_q(value)}"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return f"{type(value).__name__} {value}"  # TOML dates and times
+
+
+def section_types(cls: type) -> dict[str, Any]:
+    """Field name -> resolved annotation (annotations are strings under PEP 563)."""
+    return typing.get_type_hints(cls, vars(sys.modules[cls.__module__]))
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+class _Loader:
+    """Walks the dataclasses and the TOML document together, collecting errors."""
+
+    def __init__(self, errors: list[str], base_dir: Path | None) -> None:
+        self.errors = errors
+        self.base_dir = base_dir
+
+    def error(self, key_path: str, reason: str) -> None:
+        self.errors.append(f"{key_path}: {reason}")
+
+    def table(self, cls: type, data: Any, prefix: str) -> Any:
+        if not isinstance(data, dict):
+            self.error(prefix, f"expected a table ([{prefix}]), got {describe_value(data)}")
+            return None
+        types = section_types(cls)
+        known = [f.name for f in fields(cls)]
+        for key in data:
+            if key not in known:
+                hint = difflib.get_close_matches(key, known, n=1)
+                what = "unknown table" if not prefix else "unknown key"
+                self.error(_join(prefix, key), what + (f" (did you mean {_q(hint[0])}?)" if hint else ""))
+        values: dict[str, Any] = {}
+        bad: set[str] = set()
+        for f in fields(cls):
+            key_path = _join(prefix, f.name)
+            tp = types[f.name]
+            if is_dataclass(tp):
+                value = self.table(tp, data.get(f.name, {}), key_path)
+            elif f.name not in data:
+                if f.metadata.get("required"):
+                    self.error(key_path, "required key missing")
+                    value = None
+                else:
+                    value = _default(f)
+            else:
+                value = self.value(f, tp, data[f.name], key_path)
+            if value is None:
+                bad.add(f.name)
+            else:
+                values[f.name] = value
+        for rule in getattr(cls, "rules", ()):
+            if any(k in bad for k in rule.keys):
+                continue
+            reason = rule.check(*(values[k] for k in rule.keys))
+            if reason:
+                self.error(_join(prefix, rule.keys[0]), reason)
+                bad.add(rule.keys[0])
+        return None if bad else cls(**values)
+
+    def value(self, f: Field, tp: Any, raw: Any, key_path: str) -> Any:
+        """Convert and check one value; None (with errors recorded) when it is wrong."""
+        if typing.get_origin(tp) is list:
+            if not isinstance(raw, list):
+                self.error(key_path, f"expected {type_name(tp)}, got {describe_value(raw)}")
+                return None
+            (item_tp,) = typing.get_args(tp)
+            items = []
+            for i, item in enumerate(raw):
+                converted = self.scalar(item_tp, item, f"{key_path}[{i}]",
+                                        f.metadata.get("item_check", ()))
+                items.append(converted)
+            if any(item is None for item in items):
+                return None
+            return self.checked(f, items, key_path)
+        converted = self.scalar(tp, raw, key_path, ())
+        return None if converted is None else self.checked(f, converted, key_path)
+
+    def scalar(self, tp: Any, raw: Any, key_path: str, checks: tuple[Check, ...]) -> Any:
+        value = _convert(tp, raw)
+        if value is None:
+            self.error(key_path, f"expected {type_name(tp)}, got {describe_value(raw)}")
+            return None
+        if isinstance(value, float) and not math.isfinite(value):
+            self.error(key_path, f"must be a finite number, got {raw}")
+            return None
+        if tp is Path:
+            if not raw:
+                self.error(key_path, "must not be empty")
+                return None
+            if not value.is_absolute() and self.base_dir is not None:
+                value = self.base_dir / value
+        for check in checks:
+            reason = check(value)
+            if reason:
+                self.error(key_path, reason)
+                return None
+        return value
+
+    def checked(self, f: Field, value: Any, key_path: str) -> Any:
+        choices = f.metadata.get("choices")
+        if choices is not None and value not in choices:
+            self.error(key_path, f"{_q(value)} is not one of {', '.join(map(str, choices))}")
+            return None
+        for check in f.metadata.get("check", ()):
+            reason = check(value)
+            if reason:
+                self.error(key_path, reason)
+                return None
+        return value
+
+
+def _convert(tp: Any, raw: Any) -> Any:
+    """The TOML value as ``tp``, or None if TOML gave another type (a bool is not an int)."""
+    if tp is bool:
+        return raw if isinstance(raw, bool) else None
+    if isinstance(raw, bool):
+        return None
+    if tp is int:
+        return raw if isinstance(raw, int) else None
+    if tp is float:
+        return float(raw) if isinstance(raw, (int, float)) else None
+    if tp is str:
+        return raw if isinstance(raw, str) else None
+    if tp is Path:
+        return Path(raw) if isinstance(raw, str) else None
+    raise TypeError(f"config fields of type {tp!r} are not supported")
+
+
+def _default(f: Field) -> Any:
+    if f.default is not MISSING:
+        return f.default
+    return f.default_factory()  # type: ignore[misc]
+
+
+# --- writing ------------------------------------------------------------------------------
+
+def toml_value(value: Any) -> str:
+    """A value as TOML source (the subset config knobs use)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (str, Path)):
+        return _q(str(value))
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def dump_config(config: Config) -> str:
+    """``config`` as a TOML file that ``load_config`` reads back to an equal Config (the lab)."""
+    out: list[str] = []
+    for section in fields(config):
+        table = getattr(config, section.name)
+        out.append(f"[{section.name}]")
+        for f in fields(table):
+            out.append(f"{f.name} = {toml_value(getattr(table, f.name))}")
+        out.append("")
+    return "\n".join(out)
+
+
+# --- hagent check-config --------------------------------------------------------------
+
+def check_config_main(path: str, *, check_secret: bool = True) -> int:
+    """Print every problem in config ``path`` (each prefixed with the path) or ``PATH: ok``.
+
+    Returns the exit status: 1 if the agent would refuse to start, else 0. With
+    ``check_secret`` the Raft secret file is read too (as start-up does), so a wrong mode
+    is caught before a restart.
+    """
+    try:
+        config = load_config(Path(path))
+    except ConfigError as exc:
+        for error in exc.errors:
+            print(f"{path}: {error}", file=sys.stderr)
+        return 1
+    if check_secret:
+        from hagent.secretfile import SecretFileError, read_secret
+
+        try:
+            read_secret(config.raft.secret_file)
+        except SecretFileError as exc:
+            print(f"{path}: raft.secret_file: {exc}", file=sys.stderr)
+            return 1
+    print(f"{path}: ok")
+    return 0

@@ -1,0 +1,98 @@
+"""The cluster secret file: read it only if no one else can, create it so no one else can.
+
+The secret is pysyncobj's password: whoever knows it can join the Raft log and, through
+pysyncobj's pickles, run code on every voter. So a file other users may read (or
+replace) is refused at start-up with the command that fixes it, rather than trusted.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+from pathlib import Path
+
+# Random bytes in a generated secret; 32 bytes = 256 bits, Fernet's key size.
+SECRET_BYTES = 32
+
+
+class SecretFileError(Exception):
+    """The secret file cannot be used; the message names the path and the fix."""
+
+    def __init__(self, path: Path, problem: str, fix: str) -> None:
+        self.path = path
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{path}: {problem}; {fix}")
+
+
+def read_secret(path: Path) -> str:
+    """The secret in ``path``, surrounding whitespace stripped.
+
+    Raises SecretFileError if the file is missing, not a regular file, has any group or
+    other permission bit (readable or writable by others), is not UTF-8, or is empty.
+    The mode is checked on the opened file, so a swap between check and read is caught.
+    """
+    path = Path(path)
+    create = (f"create one with `(umask 077; head -c {SECRET_BYTES} /dev/urandom | base64 > {path})` "
+              "and copy the same file to every node")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+    except FileNotFoundError:
+        raise SecretFileError(path, "secret file does not exist", create) from None
+    except PermissionError:
+        raise SecretFileError(path, "secret file is not readable by this user",
+                              "run the agent as the file's owner (or root)") from None
+    except OSError as exc:
+        raise SecretFileError(path, f"cannot open the secret file: {exc.strerror}",
+                              "check the path in raft.secret_file") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise SecretFileError(path, "secret file is not a regular file", create)
+        mode = stat.S_IMODE(info.st_mode)
+        if mode & 0o077:
+            who = "group and others" if mode & 0o070 and mode & 0o007 else (
+                "its group" if mode & 0o070 else "other users")
+            raise SecretFileError(
+                path, f"secret file has mode {mode:04o}, so {who} may read or change it",
+                f"run `chmod 600 {path}`")
+        data = handle.read()
+    try:
+        secret = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise SecretFileError(path, "secret file is not UTF-8 text", create) from None
+    if not secret:
+        raise SecretFileError(path, "secret file is empty", create)
+    return secret
+
+
+def write_secret(path: Path, *, overwrite: bool = False) -> str:
+    """Create ``path`` with a new random secret, mode 0600, fsynced; returns the secret.
+
+    Refuses (SecretFileError) to replace an existing file unless ``overwrite``: replacing
+    a live cluster's secret splits it. The file is written under a temporary name and
+    renamed, so a reader never sees a partial secret.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise SecretFileError(path, "secret file already exists",
+                              "keep it, or delete it first if the whole cluster gets a new one")
+    secret = secrets.token_urlsafe(SECRET_BYTES)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # umask can only remove bits; this pins the mode exactly
+        os.write(fd, (secret + "\n").encode())
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return secret
