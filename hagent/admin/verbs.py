@@ -1,0 +1,257 @@
+"""What each admin verb does: reads go to the local replica, writes through the log.
+
+A verb is an ``async (node, args) -> result`` function. It checks its arguments,
+then either reads the local ``ClusterState`` under the node's lock
+(``node.read``) or turns the request into one of the replicated commands of
+``docs/architecture.md`` and proposes it (``node.propose``). Anything the operator
+can fix (a missing argument, an unknown segment, a refused command) raises
+``VerbError`` with a message saying so; the server turns it into
+``{"ok": false, "error": ...}``.
+
+The server picks uuids (uuid4) for new segments and hosts here, because a
+replicated command must carry every value that varies; ``node.propose`` fills in
+the time.
+"""
+from __future__ import annotations
+
+import uuid
+from typing import Any, Awaitable, Callable
+
+from hagent.node_api import AgentNode
+
+Verb = Callable[[AgentNode, dict[str, Any]], Awaitable[Any]]
+
+
+class VerbError(Exception):
+    """A request the agent refuses; ``str()`` is the reason shown to the operator."""
+
+
+class UnknownVerb(VerbError):
+    """A verb this agent does not know (counted as a malformed request)."""
+
+
+# --- argument checks --------------------------------------------------------------------
+_MISSING = object()
+
+
+def _arg(args: dict[str, Any], key: str, kind: type | tuple[type, ...] = str, default: Any = _MISSING) -> Any:
+    value = args.get(key, _MISSING)
+    if value is _MISSING or value is None:
+        if default is _MISSING:
+            raise VerbError(f"missing argument '{key}'")
+        return default
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise VerbError(f"argument '{key}' must be {names}, not {type(value).__name__}")
+    return value
+
+
+def _no_unknown(args: dict[str, Any], allowed: set[str]) -> None:
+    extra = set(args) - allowed
+    if extra:
+        raise VerbError(f"unknown arguments: {', '.join(sorted(extra))}")
+
+
+_LIST_ARGS = {"filters", "sort_key", "sort_dir", "limit", "marker"}
+
+
+def _list_args(args: dict[str, Any]) -> dict[str, Any]:
+    filters = _arg(args, "filters", dict, {})
+    for k, v in filters.items():
+        if not isinstance(v, (str, int, float, bool)):
+            raise VerbError(f"filter '{k}' must be a string, number or boolean")
+    sort_dir = _arg(args, "sort_dir", str, "desc")
+    if sort_dir not in ("asc", "desc"):
+        raise VerbError(f"sort_dir must be asc or desc, not {sort_dir!r}")
+    limit = _arg(args, "limit", int, None)
+    if limit is not None and limit < 1:
+        raise VerbError("limit must be a positive integer")
+    return {"filters": filters, "sort_key": _arg(args, "sort_key", str, "created_at"),
+            "sort_dir": sort_dir, "limit": limit, "marker": _arg(args, "marker", str, None)}
+
+
+def _committed(answer: dict[str, Any]) -> Any:
+    if not answer.get("ok"):
+        raise VerbError(answer.get("error") or "the log refused the command")
+    return answer.get("result")
+
+
+def _found(record: Any, what: str, key: str) -> Any:
+    if record is None:
+        raise VerbError(f"{what} not found: {key}")
+    return record
+
+
+def _pick(args: dict[str, Any], spec: dict[str, type | tuple[type, ...]]) -> dict[str, Any]:
+    """The optional fields of ``spec`` present in ``args``, type-checked."""
+    return {k: _arg(args, k, kind) for k, kind in spec.items() if args.get(k) is not None}
+
+
+# --- node-wide --------------------------------------------------------------------------
+async def status(node: AgentNode, args: dict[str, Any]) -> Any:
+    _no_unknown(args, set())
+    return node.status()
+
+
+async def members(node: AgentNode, args: dict[str, Any]) -> Any:
+    _no_unknown(args, set())
+    return node.members()
+
+
+RAFT_KEYS = ("node", "role", "voter", "leader", "term", "commit_index", "applied_index",
+             "log_size", "voters", "ready")
+
+
+async def raft(node: AgentNode, args: dict[str, Any]) -> Any:
+    _no_unknown(args, set())
+    st = node.status()
+    return {k: st.get(k) for k in RAFT_KEYS}
+
+
+# --- segments ---------------------------------------------------------------------------
+_SEGMENT_FIELDS = {"name": str, "description": str, "recovery_method": str, "service_type": str,
+                   "enabled": bool}
+
+
+async def segment_list(node: AgentNode, args: dict[str, Any]) -> Any:
+    _no_unknown(args, _LIST_ARGS)
+    q = _list_args(args)
+    return node.read(lambda s: s.list_segments(q["filters"], q["sort_key"], q["sort_dir"],
+                                               q["limit"], q["marker"]))
+
+
+async def segment_show(node: AgentNode, args: dict[str, Any]) -> Any:
+    _no_unknown(args, {"segment"})
+    key = _arg(args, "segment")
+    return _found(node.read(lambda s: s.get_segment(key)), "segment", key)
+
+
+async def segment_create(node: AgentNode, args: dict[str, Any]) -> Any:
+    _no_unknown(args, set(_SEGMENT_FIELDS))
+    cmd = {"op": "segment.create", "uuid": str(uuid.uuid4()), "name": _arg(args, "name"),
+           "recovery_method": _arg(args, "recovery_method"), "service_type": _arg(args, "service_type")}
+    cmd.update(_pick(args, {"description": str, "enabled": bool}))
+    return _committed(await node.propose(cmd))
+
+
+async def segment_update(node: AgentNode, args: dict[str, Any]) -> Any:
+    _no_unknown(args, {"segment"} | set(_SEGMENT_FIELDS))
+    changes = _pick(args, _SEGMENT_FIELDS)
+    if not changes:
+        raise VerbError(f"nothing to update: give one of {', '.join(_SEGMENT_FIELDS)}")
+    return _committed(await node.propose({"op": "segment.update", "segment": _arg(args, "segment"),
+                                          **changes}))
+
+
+async def segment_delete(node: AgentNode, args: dict[str, Any]) -> Any:
+    _no_unknown(args, {"segment"})
+    return _committed(await node.propose({"op": "segment.delete", "segment": _arg(args, "segment")}))
+
+
+# --- hosts ------------------------------------------------------------------------------
+_HOST_FIELDS = {"name": str, "type": str, "control_attributes": str, "reserved": bool,
+                "on_maintenance": bool}
+
+
+async def host_list(node: AgentNode, args: dict[str, Any]) -> Any:
+    _no_unknown(args, {"segment"} | _LIST_ARGS)
+    segment = _arg(args, "segment", str, None)
+    q = _list_args(args)
+    return node.read(lambda s: s.list_hosts(segment, q["filters"], q["sort_key"], q["sort_dir"],
+                                            q["limit"], q["marker"]))
+
+
+async def host_show(node: AgentNode, args: dict[str, Any]) -> Any:
+    _no_unknown(args, {"segment", "host"})
+    key = _arg(args, "host")
+    segment = _arg(args, "segment", str, None)
+    return _found(node.read(lambda s: s.get_host(key, segment)), "host", key)
+
+
+async def host_create(node: AgentNode, args: dict[str, Any]) -> Any:
+    _no_unknown(args, {"segment"} | set(_HOST_FIELDS))
+    cmd = {"op": "host.create", "uuid": str(uuid.uuid4()), "name": _arg(args, "name"),
+           "type": _arg(args, "type"), "control_attributes": _arg(args, "control_attributes"),
+           "segment": _arg(args, "segment")}
+    cmd.update(_pick(args, {"reserved": bool, "on_maintenance": bool}))
+    return _committed(await node.propose(cmd))
+
+
+async def host_update(node: AgentNode, args: dict[str, Any]) -> Any:
+    _no_unknown(args, {"segment", "host"} | set(_HOST_FIELDS))
+    changes = _pick(args, _HOST_FIELDS)
+    if not changes:
+        raise VerbError(f"nothing to update: give one of {', '.join(_HOST_FIELDS)}")
+    cmd = {"op": "host.update", "host": _arg(args, "host"), **changes}
+    segment = _arg(args, "segment", str, None)
+    if segment is not None:
+        cmd["segment"] = segment
+    return _committed(await node.propose(cmd))
+
+
+async def host_delete(node: AgentNode, args: dict[str, Any]) -> Any:
+    _no_unknown(args, {"segment", "host"})
+    cmd = {"op": "host.delete", "host": _arg(args, "host")}
+    segment = _arg(args, "segment", str, None)
+    if segment is not None:
+        cmd["segment"] = segment
+    return _committed(await node.propose(cmd))
+
+
+# --- notifications ----------------------------------------------------------------------
+async def notification_list(node: AgentNode, args: dict[str, Any]) -> Any:
+    _no_unknown(args, _LIST_ARGS)
+    q = _list_args(args)
+    return node.read(lambda s: s.list_notifications(q["filters"], q["sort_key"], q["sort_dir"],
+                                                    q["limit"], q["marker"]))
+
+
+async def notification_show(node: AgentNode, args: dict[str, Any]) -> Any:
+    _no_unknown(args, {"notification_uuid"})
+    key = _arg(args, "notification_uuid")
+    return _found(node.read(lambda s: s.get_notification(key)), "notification", key)
+
+
+async def notification_create(node: AgentNode, args: dict[str, Any]) -> Any:
+    """Spool then commit; answers {"committed": bool, "notification": record}.
+
+    ``committed`` False means the log did not commit within the submit timeout: the
+    notification is safe in this node's spool, which keeps resending it.
+    """
+    _no_unknown(args, {"type", "hostname", "generated_time", "payload", "notification_uuid"})
+    fields = {"type": _arg(args, "type"), "hostname": _arg(args, "hostname"),
+              "generated_time": _arg(args, "generated_time"), "payload": _arg(args, "payload", dict)}
+    if args.get("notification_uuid") is not None:
+        fields["notification_uuid"] = _arg(args, "notification_uuid")
+    answer = await node.submit_notification(fields)
+    if not answer.get("ok"):
+        raise VerbError(answer.get("error") or "notification refused")
+    return {"committed": bool(answer.get("committed")), "notification": answer.get("result")}
+
+
+VERBS: dict[str, Verb] = {
+    "status": status,
+    "members": members,
+    "raft": raft,
+    "segment.list": segment_list,
+    "segment.show": segment_show,
+    "segment.create": segment_create,
+    "segment.update": segment_update,
+    "segment.delete": segment_delete,
+    "host.list": host_list,
+    "host.show": host_show,
+    "host.create": host_create,
+    "host.update": host_update,
+    "host.delete": host_delete,
+    "notification.list": notification_list,
+    "notification.show": notification_show,
+    "notification.create": notification_create,
+}
+
+
+async def run_verb(node: AgentNode, verb: str, args: dict[str, Any]) -> Any:
+    """Run one verb; raises UnknownVerb or VerbError for requests to refuse."""
+    fn = VERBS.get(verb)
+    if fn is None:
+        raise UnknownVerb(f"unknown verb {verb!r}; known: {', '.join(VERBS)}")
+    return await fn(node, args)
