@@ -1,0 +1,86 @@
+"""The replicated state as a versioned document of plain values, and back.
+
+Raft snapshots are written by one hagent version and may be read by another (rolling
+upgrades), so the document carries ``"format"``. A reader accepts every format up to its own
+and refuses newer ones with `SnapshotFormatError` rather than misreading them. Values are only
+str, int, float, bool, None, lists and str-keyed dicts: msgpack and JSON can carry them, and
+no pickle is ever needed. Derived indexes are not stored; `ClusterState.from_snapshot`
+rebuilds them.
+
+Format 1: ``{"format": 1, "segments": [...], "hosts": [...], "notifications": [...],
+"leases": [...]}``, each list in insertion order (that order breaks ties in listings), each
+item the record's fields by name; a notification carries ``accepted`` and its ``vmoves``.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Iterable
+
+from consensus.model import Host, Lease, Notification, Segment, VMove
+
+FORMAT = 1
+
+_SEGMENT = ("uuid", "name", "description", "recovery_method", "service_type", "enabled",
+            "created_at", "updated_at")
+_HOST = ("uuid", "name", "segment_uuid", "type", "control_attributes", "reserved",
+         "on_maintenance", "created_at", "updated_at")
+_NOTIFICATION = ("notification_uuid", "type", "hostname", "source_host_uuid",
+                 "failover_segment_uuid", "generated_time", "status", "source_node", "message",
+                 "accepted", "created_at", "updated_at")
+_VMOVE = ("instance_uuid", "instance_name", "type", "status", "source_host", "dest_host",
+          "message", "start_time", "end_time", "created_at", "updated_at")
+_LEASE = ("host", "seq", "renewed_at")
+
+
+class SnapshotFormatError(ValueError):
+    """A snapshot this hagent can't read: newer than it understands, or malformed."""
+
+
+def _fields(obj: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    return {name: getattr(obj, name) for name in names}
+
+
+def dump(segments: Iterable[Segment], hosts: Iterable[Host],
+         notifications: Iterable[Notification], leases: Iterable[Lease]) -> dict[str, Any]:
+    """Copies of every record; nothing in the result is shared with the live state."""
+    out_notifications = []
+    for n in notifications:
+        item = _fields(n, _NOTIFICATION)
+        item["payload"] = dict(n.payload)
+        item["vmoves"] = [_fields(vm, _VMOVE) for vm in n.vmoves.values()]
+        out_notifications.append(item)
+    return {
+        "format": FORMAT,
+        "segments": [_fields(s, _SEGMENT) for s in segments],
+        "hosts": [_fields(h, _HOST) for h in hosts],
+        "notifications": out_notifications,
+        "leases": [_fields(lease, _LEASE) for lease in leases],
+    }
+
+
+def load(data: Any) -> tuple[list[Segment], list[Host], list[Notification], list[Lease]]:
+    """Records from a snapshot document; raises SnapshotFormatError when it can't."""
+    if not isinstance(data, dict) or not isinstance(data.get("format"), int):
+        raise SnapshotFormatError("not an hagent snapshot: no integer 'format' field")
+    version = data["format"]
+    if version > FORMAT:
+        raise SnapshotFormatError(f"snapshot format {version} is newer than this hagent "
+                                  f"understands ({FORMAT}); upgrade hagent")
+    if version < 1:
+        raise SnapshotFormatError(f"snapshot format {version} is not a known format")
+    try:
+        segments = [Segment(**{k: s[k] for k in _SEGMENT}) for s in data["segments"]]
+        hosts = [Host(**{k: h[k] for k in _HOST}) for h in data["hosts"]]
+        notifications = []
+        for item in data["notifications"]:
+            n = Notification(**{k: item[k] for k in _NOTIFICATION},
+                             payload=dict(item["payload"]),
+                             generated_ts=datetime.fromisoformat(item["generated_time"]).timestamp())
+            for vm in item["vmoves"]:
+                n.vmoves[vm["instance_uuid"]] = VMove(**{k: vm[k] for k in _VMOVE})
+            notifications.append(n)
+        leases = [Lease(**{k: lease[k] for k in _LEASE}) for lease in data["leases"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SnapshotFormatError(f"snapshot format {version} is malformed: "
+                                  f"{type(exc).__name__}: {exc}") from None
+    return segments, hosts, notifications, leases
