@@ -30,13 +30,14 @@ def read_secret(path: Path) -> str:
 
     Raises SecretFileError if the file is missing, not a regular file, has any group or
     other permission bit (readable or writable by others), is not UTF-8, or is empty.
-    The mode is checked on the opened file, so a swap between check and read is caught.
+    The mode is checked on the opened file, so a swap between check and read is caught;
+    a FIFO does not block the open.
     """
     path = Path(path)
     create = (f"create one with `(umask 077; head -c {SECRET_BYTES} /dev/urandom | base64 > {path})` "
               "and copy the same file to every node")
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise SecretFileError(path, "secret file does not exist", create) from None
     except PermissionError:
@@ -45,8 +46,8 @@ def read_secret(path: Path) -> str:
     except OSError as exc:
         raise SecretFileError(path, f"cannot open the secret file: {exc.strerror}",
                               "check the path in raft.secret_file") from None
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
+    try:
+        info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise SecretFileError(path, "secret file is not a regular file", create)
         mode = stat.S_IMODE(info.st_mode)
@@ -56,7 +57,10 @@ def read_secret(path: Path) -> str:
             raise SecretFileError(
                 path, f"secret file has mode {mode:04o}, so {who} may read or change it",
                 f"run `chmod 600 {path}`")
-        data = handle.read()
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            data = handle.read()
+    finally:
+        os.close(fd)
     try:
         secret = data.decode("utf-8").strip()
     except UnicodeDecodeError:

@@ -1,0 +1,285 @@
+"""load_config: every error names the key path and the reason; valid files load typed."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hagent.config import (
+    Config,
+    ConfigError,
+    check_config_main,
+    dump_config,
+    load_config,
+    loads_config,
+    split_host_port,
+)
+
+VOTERS = '["10.0.0.1:7170", "10.0.0.2:7170", "10.0.0.3:7170"]'
+MINIMAL = f'[node]\nname = "compute-01"\n[raft]\nvoters = {VOTERS}\n'
+
+
+def errors_of(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        loads_config(text)
+    return info.value.errors
+
+
+def with_raft(extra: str) -> str:
+    return MINIMAL + extra + "\n"
+
+
+def test_minimal_file_loads_with_defaults():
+    config = loads_config(MINIMAL)
+    assert isinstance(config, Config)
+    assert config.node.name == "compute-01"
+    assert config.node.state_dir == Path("/var/lib/hagent")
+    assert config.raft.voters == ["10.0.0.1:7170", "10.0.0.2:7170", "10.0.0.3:7170"]
+    assert config.raft.leader_fallback_timeout == 2.5
+    assert config.status.bind == "127.0.0.1:7180"
+    assert config.logging.level == "INFO"
+    assert not config.is_voter
+
+
+def test_voter_bind_makes_a_voter():
+    config = loads_config(with_raft('bind = "10.0.0.2:7170"'))
+    assert config.is_voter
+
+
+def test_int_is_accepted_as_float_and_converted():
+    config = loads_config(with_raft("election_timeout_max = 2"))
+    assert config.raft.election_timeout_max == 2.0
+    assert isinstance(config.raft.election_timeout_max, float)
+
+
+def test_syntax_error_names_the_line(tmp_path):
+    path = tmp_path / "hagent.toml"
+    path.write_text('[node]\nname = "a"\nvoters = \n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    (error,) = info.value.errors
+    assert error.startswith("TOML syntax error:")
+    assert "line 3" in error
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "nope.toml")
+    assert "cannot read" in info.value.errors[0]
+
+
+def test_required_keys_missing_in_an_empty_file():
+    assert errors_of("") == ["node.name: required key missing", "raft.voters: required key missing"]
+
+
+def test_unknown_key_and_table_with_suggestion():
+    errors = errors_of(with_raft('bogus = 1\n[statsu]\nbind = "x"'))
+    assert "raft.bogus: unknown key" in errors
+    assert 'statsu: unknown table (did you mean "status"?)' in errors
+
+
+def test_section_that_is_not_a_table():
+    assert errors_of(f'node = "x"\n[raft]\nvoters = {VOTERS}\n') == [
+        'node: expected a table ([node]), got string "x"']
+
+
+@pytest.mark.parametrize("line, expected", [
+    ('leader_fallback_timeout = "x"',
+     'raft.leader_fallback_timeout: expected a number, got string "x"'),
+    ("compaction_min_entries = true",
+     "raft.compaction_min_entries: expected an integer, got boolean true"),
+    ("compaction_min_entries = 10.0",
+     "raft.compaction_min_entries: expected an integer, got float 10.0"),
+    ("fsync = 1", "raft.fsync: expected true or false, got integer 1"),
+    ("election_timeout_min = true", "raft.election_timeout_min: expected a number, got boolean true"),
+    ("secret_file = 5", "raft.secret_file: expected a path (string), got integer 5"),
+    ('secret_file = ""', "raft.secret_file: must not be empty"),
+    ("bind = []", "raft.bind: expected a string, got an array"),
+    ("election_timeout_max = inf", "raft.election_timeout_max: must be a finite number, got inf"),
+    ("compaction_min_time = 1979-05-27", "raft.compaction_min_time: expected a number, got date 1979-05-27"),
+])
+def test_type_errors(line, expected):
+    assert errors_of(with_raft(line)) == [expected]
+
+
+def test_list_must_be_a_list_of_strings():
+    errors = errors_of('[node]\nname = "a"\n[raft]\nvoters = "10.0.0.1:1"\n')
+    assert errors == ['raft.voters: expected an array of strings, got string "10.0.0.1:1"']
+    errors = errors_of('[node]\nname = "a"\n[raft]\nvoters = ["a:1", 2, "c:3"]\n')
+    assert errors == ["raft.voters[1]: expected a string, got integer 2"]
+
+
+def test_voter_not_host_port_names_its_index():
+    errors = errors_of('[node]\nname = "a"\n[raft]\nvoters = ["10.0.0.1:1", "10.0.0.2:1", "10.0.0.3"]\n')
+    assert errors == ['raft.voters[2]: "10.0.0.3" is not host:port (no :port)']
+
+
+@pytest.mark.parametrize("count", [1, 2, 4, 6])
+def test_voter_count_must_be_3_or_5_and_says_why(count):
+    voters = ", ".join(f'"10.0.0.{i}:7170"' for i in range(1, count + 1))
+    (error,) = errors_of(f'[node]\nname = "a"\n[raft]\nvoters = [{voters}]\n')
+    assert error.startswith(f"raft.voters: {count} voters given; use 3 or 5")
+    assert "loses the majority" in error and "even count" in error
+
+
+def test_five_voters_are_fine():
+    voters = ", ".join(f'"h{i}.example.com:7170"' for i in range(5))
+    assert len(loads_config(f'[node]\nname = "a"\n[raft]\nvoters = [{voters}]\n').raft.voters) == 5
+
+
+def test_duplicate_voters():
+    (error,) = errors_of('[node]\nname = "a"\n[raft]\nvoters = ["a:1", "b:1", "A:1"]\n')
+    assert error == 'raft.voters: "A:1" is listed twice (entries 0 and 2)'
+
+
+def test_bind_must_be_one_of_the_voters():
+    (error,) = errors_of(with_raft('bind = "10.0.0.9:7170"'))
+    assert error.startswith('raft.bind: "10.0.0.9:7170" is not one of voters')
+
+
+def test_bind_must_be_host_port_and_is_reported_once():
+    assert errors_of(with_raft('bind = "10.0.0.9"')) == ['raft.bind: "10.0.0.9" is not host:port (no :port)']
+
+
+def test_election_timeouts_ordered():
+    errors = errors_of(with_raft("election_timeout_min = 2.0\nelection_timeout_max = 1.0"))
+    assert len(errors) == 1
+    assert errors[0].startswith("raft.election_timeout_min: 2.0 must be below election_timeout_max (1.0)")
+
+
+def test_heartbeat_below_election_timeout():
+    (error,) = errors_of(with_raft("append_entries_period = 0.5"))
+    assert error.startswith("raft.append_entries_period: 0.5 must be below election_timeout_min (0.4)")
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "3.5", "30"])
+def test_leader_fallback_timeout_window(value):
+    (error,) = errors_of(with_raft(f"leader_fallback_timeout = {value}"))
+    assert error.startswith("raft.leader_fallback_timeout: must be in (0, 3] seconds")
+    assert "isolated leader" in error
+
+
+def test_leader_fallback_timeout_upper_bound_inclusive():
+    assert loads_config(with_raft("leader_fallback_timeout = 3")).raft.leader_fallback_timeout == 3.0
+
+
+@pytest.mark.parametrize("line, key", [
+    ("election_timeout_min = 0", "raft.election_timeout_min"),
+    ("connection_timeout = -1.0", "raft.connection_timeout"),
+    ("compaction_min_entries = 0", "raft.compaction_min_entries"),
+    ("compaction_min_time = -1", "raft.compaction_min_time"),
+])
+def test_positive_numbers(line, key):
+    (error,) = errors_of(with_raft(line))
+    assert error.startswith(f"{key}: must be")
+
+
+def test_choices():
+    assert errors_of(with_raft('[logging]\nlevel = "TRACE"')) == [
+        'logging.level: "TRACE" is not one of DEBUG, INFO, WARNING, ERROR']
+
+
+@pytest.mark.parametrize("name", ["compute-01", "cmp_7", "node1.example.com", "a"])
+def test_good_node_names(name):
+    assert loads_config(MINIMAL.replace("compute-01", name)).node.name == name
+
+
+@pytest.mark.parametrize("name", ["", "bad name", "-lead", "trail-", "a..b", "x" * 64, "é"])
+def test_bad_node_names(name):
+    (error,) = errors_of(MINIMAL.replace('"compute-01"', f'"{name}"'))
+    assert error.startswith("node.name: ") and "is not a valid node name" in error
+
+
+@pytest.mark.parametrize("value, host, port", [
+    ("10.0.0.1:7170", "10.0.0.1", 7170),
+    ("[::1]:7180", "::1", 7180),
+    ("[fe80::1]:1", "fe80::1", 1),
+    ("node-1.example.com:65535", "node-1.example.com", 65535),
+    ("localhost:80", "localhost", 80),
+])
+def test_split_host_port_good(value, host, port):
+    assert split_host_port(value) == (host, port)
+
+
+@pytest.mark.parametrize("value, reason", [
+    ("10.0.0.3", "no :port"),
+    (":80", "empty host"),
+    ("::1:80", "brackets"),
+    ("[::1]80", "no :port after"),
+    ("[::1:80", "no closing"),
+    ("[nothex]:80", "not an IPv6 address"),
+    ("300.1.1.1:80", "not an IPv4 address"),
+    ("1.2.3:80", "not an IPv4 address"),
+    ("host:0", "outside 1-65535"),
+    ("host:65536", "outside 1-65535"),
+    ("host:http", "is not a number"),
+    ("host:+80", "is not a number"),
+    ("bad_host:80", "not a valid host name label"),
+])
+def test_split_host_port_bad(value, reason):
+    with pytest.raises(ValueError, match=reason.replace("(", r"\(")):
+        split_host_port(value)
+
+
+def test_status_bind_checked():
+    assert errors_of(with_raft('[status]\nbind = "0.0.0.0"')) == [
+        'status.bind: "0.0.0.0" is not host:port (no :port)']
+
+
+def test_all_errors_are_collected():
+    errors = errors_of(
+        '[node]\nname = "bad name"\n[raft]\nvoters = ["a:1", "b:2"]\nfsync = "yes"\n'
+        '[logging]\nlevel = "x"\n[admin]\nfoo = 1\n')
+    keys = [e.split(":", 1)[0] for e in errors]
+    assert keys == ["node.name", "raft.voters", "raft.fsync", "admin.foo", "logging.level"]
+
+
+def test_relative_paths_resolve_against_the_config_directory(tmp_path):
+    path = tmp_path / "n1" / "hagent.toml"
+    path.parent.mkdir()
+    path.write_text(MINIMAL.replace("[raft]", '[raft]\nsecret_file = "cluster.secret"')
+                    + '[admin]\nsocket = "/run/x.sock"\n')
+    config = load_config(path)
+    assert config.raft.secret_file == tmp_path / "n1" / "cluster.secret"
+    assert config.admin.socket == Path("/run/x.sock")
+
+
+def test_dump_config_round_trips(tmp_path):
+    config = loads_config(with_raft('bind = "10.0.0.1:7170"\nfsync = false\n[admin]\ngroup = "hagent"'))
+    path = tmp_path / "c.toml"
+    path.write_text(dump_config(config))
+    assert load_config(path) == config
+
+
+def test_check_config_main_ok(tmp_path, capsys):
+    secret = tmp_path / "cluster.secret"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o600)
+    path = tmp_path / "hagent.toml"
+    path.write_text(MINIMAL.replace("[raft]", f'[raft]\nsecret_file = "{secret}"'))
+    assert check_config_main(str(path)) == 0
+    assert capsys.readouterr().out == f"{path}: ok\n"
+
+
+def test_check_config_main_prints_each_error(tmp_path, capsys):
+    path = tmp_path / "hagent.toml"
+    path.write_text('[raft]\nvoters = ["a:1", "b:1", "c"]\nbogus = 1\n')
+    assert check_config_main(str(path)) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"{path}: node.name: required key missing",
+        f"{path}: raft.bogus: unknown key",
+        f'{path}: raft.voters[2]: "c" is not host:port (no :port)',
+    ]
+
+
+def test_check_config_main_checks_the_secret_mode(tmp_path, capsys):
+    secret = tmp_path / "cluster.secret"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o644)
+    path = tmp_path / "hagent.toml"
+    path.write_text(MINIMAL.replace("[raft]", '[raft]\nsecret_file = "cluster.secret"'))
+    assert check_config_main(str(path)) == 1
+    err = capsys.readouterr().err
+    assert f"{path}: raft.secret_file: {secret}" in err and f"chmod 600 {secret}" in err
+    assert check_config_main(str(path), check_secret=False) == 0
