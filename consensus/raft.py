@@ -1,0 +1,349 @@
+"""The Raft shell: ``RaftNode`` runs one pysyncobj ``SyncObj`` around a ``ClusterState``.
+
+Voters (3 or 5 nodes, ``self_address`` set) bind exactly their configured address; every
+other node is a read-only replica (pysyncobj ``selfNode=None``) that only connects out, holds
+the whole state, can read it and can propose (pysyncobj forwards the command to the leader).
+
+What travels in the log is the command dict; what the proposer's callback receives is
+``ClusterState.apply``'s result dict. pysyncobj runs Raft, applies entries and calls the
+callbacks in its own thread (``autoTick``); ``read()`` and ``apply`` share one lock so any
+thread may read a consistent state.
+
+What this module adds to pysyncobj 0.3.17, and where (``docs/raft.md`` has the reasons):
+
+* traffic is Fernet-encrypted and authenticated (``password``), frames are bounded and
+  unpickling builds plain data only (``consensus.transport``);
+* journal and term/vote are fsynced before any message reflecting them leaves the node, in
+  batches (``consensus.journal`` + ``consensus.transport``); the journal is injected through
+  ``conf.journalFile`` and the one patch of ``pysyncobj.syncobj.createJournal`` below;
+* snapshots are a versioned msgpack file, not a pickle (``consensus.snapshot_file``), and a
+  newer format stops the node with a clear error instead of being half-loaded;
+* an isolated leader gives up after ``leader_fallback_timeout`` (pysyncobj's default is 30 s).
+
+``RaftNode`` must be constructed from a thread that outlives it (the daemon's main thread):
+pysyncobj's tick thread stops when the thread that created the SyncObj exits.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import msgpack
+import pysyncobj.syncobj as _pysyncobj_syncobj
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+from pysyncobj.journal import Journal
+from pysyncobj.node import TCPNode
+
+from consensus.journal import DurableJournal
+from consensus.snapshot_file import SnapshotFileError, read_snapshot, write_snapshot
+from consensus.state import ClusterState
+from consensus.transport import HagentTransport, install_restricted_unpickler
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# --- pysyncobj settings hagent fixes (the rest come from RaftConfig) --------------------------
+
+#: Send append-entries as soon as a command is queued instead of on the next heartbeat.
+#: With batching (pysyncobj's default) every synchronous proposal waits for the 100 ms
+#: heartbeat; without it the transport still batches: everything queued while the journal
+#: syncs leaves together (docs/raft.md, throughput table).
+APPEND_ENTRIES_USE_BATCH = False
+#: Longest the tick thread sleeps in poll() when nothing happens (s). Proposals wake it at
+#: once (pysyncobj's pipe notifier), so this only bounds timer latency.
+AUTO_TICK_PERIOD = 0.01
+#: Seconds between reconnection attempts to a voter that is down. pysyncobj's 5 s default
+#: would add up to 5 s to the rejoin of a restarted voter.
+CONNECTION_RETRY_TIME = 1.0
+#: A voter that cannot bind its Raft address gives up after this many 1 s attempts.
+BIND_RETRIES = 5
+#: Largest command proposed (msgpack-encoded). Far above any hagent command; keeps the frame
+#: cap in consensus.transport meaningful.
+MAX_COMMAND_BYTES = 1024 * 1024
+#: Proposals queued in pysyncobj before QUEUE_FULL.
+COMMANDS_QUEUE_SIZE = 100_000
+
+JOURNAL_FILE = "journal"
+SNAPSHOT_FILE = "snapshot"
+
+_ROLES = {0: "follower", 1: "candidate", 2: "leader"}
+_FAIL_NAMES = {value: name for name, value in vars(FAIL_REASON).items() if name.isupper()}
+
+
+class RaftError(Exception):
+    """The Raft node could not start; the message names the thing and the fix."""
+
+
+class InvalidCommandError(ValueError):
+    """A proposed command is not a dict of plain, msgpack-able values or is too large."""
+
+
+# --- the one patch of pysyncobj -----------------------------------------------------------------
+
+_original_create_journal = _pysyncobj_syncobj.createJournal
+
+
+def _create_journal(journalFile=None):  # noqa: N803 (pysyncobj's name)
+    """pysyncobj.syncobj.createJournal, which also accepts a ready Journal object.
+
+    SyncObj.__init__ calls ``createJournal(conf.journalFile)`` and uses journalFile nowhere
+    else, so passing our DurableJournal as ``journalFile`` injects it; a path or None keeps
+    pysyncobj's own behaviour for any other user in the process.
+    """
+    if isinstance(journalFile, Journal):
+        return journalFile
+    return _original_create_journal(journalFile)
+
+
+def _patch_pysyncobj() -> None:
+    _pysyncobj_syncobj.createJournal = _create_journal
+    install_restricted_unpickler()
+
+
+_patch_pysyncobj()
+
+
+# --- the SyncObj ----------------------------------------------------------------------------
+
+class _LogMachine(SyncObj):
+    """pysyncobj SyncObj with one replicated method; everything else lives in RaftNode."""
+
+    def __init__(self, node: "RaftNode", self_address: str | None, partners: list[str],
+                 conf: SyncObjConf, journal: DurableJournal | None) -> None:
+        self._hagent_node = node
+        self._hagent_transport: HagentTransport | None = None
+
+        def make_transport(sync_obj, self_node, other_nodes):
+            transport = HagentTransport(sync_obj, self_node, other_nodes, journal=journal)
+            self._hagent_transport = transport
+            return transport
+
+        super().__init__(self_address, partners, conf, transportClass=make_transport)
+
+    @replicated
+    def apply_command(self, command: dict) -> dict:
+        return self._hagent_node._apply(command)
+
+    def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802, N803
+        # Sync and send what the last poll() queued (followers' acks) before this tick's
+        # work, and before the leader counts its own log toward the commit index.
+        if self._hagent_transport is not None:
+            self._hagent_transport.flush()
+        super()._onTick(timeToWait)
+
+
+# --- RaftNode ---------------------------------------------------------------------------------
+
+class RaftNode:
+    """One node's membership in the replicated log (see module docstring).
+
+    ``options`` is ``hagent.config.RaftConfig`` (or anything with its attributes). The
+    ``state`` object is owned by the node from now on: installing a snapshot replaces it, so
+    always go through ``read()``.
+    """
+
+    def __init__(self, *, self_address: str | None, voters: list[str], state_dir: Path,
+                 password: str, options: Any, state: ClusterState, node_name: str,
+                 on_role_change: Callable[[str, str, int], None] | None = None) -> None:
+        if not password:
+            raise RaftError("the cluster secret is empty: Raft traffic must be encrypted; "
+                            "put a secret in raft.secret_file")
+        if self_address is not None and self_address not in voters:
+            raise RaftError(f"{self_address} is not one of the voters {voters}; a voter's "
+                            f"raft.bind must appear in raft.voters")
+        self.node_name = node_name
+        self.self_address = self_address
+        self.voters = list(voters)
+        self.options = options
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._lock = threading.RLock()
+        self._state = state
+        self._duplicate_interval = getattr(state, "duplicate_interval", 180.0)
+        self._role = "follower" if self_address is not None else "replica"
+        self._on_role_change = on_role_change
+        #: Set (with a reason) when the node stopped itself because it cannot continue
+        #: safely; status() reports it and the daemon should exit.
+        self.fatal_error: str | None = None
+
+        self._snapshot_path = self.state_dir / SNAPSHOT_FILE
+        if self._snapshot_path.exists():
+            # Refuse a snapshot we cannot read *before* pysyncobj starts: it would log the
+            # error, carry on with an empty state and a compacted journal.
+            doc = read_snapshot(self._snapshot_path)
+            ClusterState.from_snapshot(doc["state"], self._duplicate_interval)
+
+        self._journal = DurableJournal(self.state_dir / JOURNAL_FILE, fsync=bool(options.fsync))
+        conf = SyncObjConf(
+            password=password,
+            autoTick=True,
+            autoTickPeriod=AUTO_TICK_PERIOD,
+            appendEntriesUseBatch=APPEND_ENTRIES_USE_BATCH,
+            raftMinTimeout=options.election_timeout_min,
+            raftMaxTimeout=options.election_timeout_max,
+            appendEntriesPeriod=options.append_entries_period,
+            connectionTimeout=options.connection_timeout,
+            connectionRetryTime=CONNECTION_RETRY_TIME,
+            leaderFallbackTimeout=options.leader_fallback_timeout,
+            bindAddress=self_address,
+            maxBindRetries=BIND_RETRIES,
+            journalFile=self._journal,
+            fullDumpFile=str(self._snapshot_path),
+            serializer=self._write_snapshot,
+            deserializer=self._load_snapshot,
+            logCompactionMinEntries=options.compaction_min_entries,
+            logCompactionMinTime=options.compaction_min_time,
+            commandsQueueSize=COMMANDS_QUEUE_SIZE,
+            commandsWaitLeader=True,
+            dynamicMembershipChange=False,
+            onStateChanged=self._on_state_changed,
+        )
+        partners = [v for v in self.voters if v != self_address]
+        self._voter_nodes = {v: TCPNode(v) for v in partners}
+        self._machine = _LogMachine(self, self_address, partners, conf,
+                                    self._journal if options.fsync else None)
+        if self_address is not None:
+            try:
+                self._machine.waitBinded()
+            except Exception as exc:
+                self._machine.destroy()
+                raise RaftError(f"cannot bind the Raft address {self_address}: is another "
+                                f"agent running, or is the address not on this host?") from exc
+        log.info("raft %s started: voters %s, state in %s, fsync %s",
+                 "voter " + self_address if self_address else "replica", ", ".join(self.voters),
+                 self.state_dir, "on" if options.fsync else "OFF")
+
+    # --- the API ---------------------------------------------------------------------------
+    def propose(self, command: dict, callback: Callable[[dict | None, str | None], None]) -> None:
+        """Commit ``command`` through the log; ``callback(result, None)`` once applied here.
+
+        On failure ``callback(None, error_name)`` with a pysyncobj reason: NOT_LEADER,
+        LEADER_CHANGED, MISSING_LEADER, DISCARDED, QUEUE_FULL, REQUEST_DENIED, UNKNOWN_OUTCOME
+        (the outcome is unknown: resubmit idempotently). The callback runs in the Raft thread,
+        or at once in the caller's thread for QUEUE_FULL. Raises InvalidCommandError at once
+        for a command that is not plain data or exceeds MAX_COMMAND_BYTES.
+        """
+        if not isinstance(command, dict):
+            raise InvalidCommandError(f"a command must be a dict, got {type(command).__name__}")
+        try:
+            size = len(msgpack.packb(command, use_bin_type=True))
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InvalidCommandError(f"command is not plain data: {exc}") from exc
+        if size > MAX_COMMAND_BYTES:
+            raise InvalidCommandError(f"command of {size} bytes exceeds {MAX_COMMAND_BYTES}")
+
+        def done(result: Any, reason: int) -> None:
+            try:
+                if reason == FAIL_REASON.SUCCESS:
+                    callback(result, None)
+                else:
+                    callback(None, _FAIL_NAMES.get(reason, str(reason)))
+            except Exception:
+                log.exception("propose callback raised")
+
+        self._machine.apply_command(command, callback=done)
+
+    def read(self, fn: Callable[[ClusterState], T]) -> T:
+        """``fn(state)`` under the lock apply holds; safe from any thread. Keep fn short."""
+        with self._lock:
+            return fn(self._state)
+
+    def status(self) -> dict[str, Any]:
+        """The Raft part of ``/status``; safe from any thread (reads are GIL-atomic ints)."""
+        m = self._machine
+        leader = m._getLeader()
+        leader_commit = getattr(m, "_SyncObj__leaderCommitIndex", None)
+        voters = []
+        for address in self.voters:
+            if address == self.self_address:
+                reachable = True
+            else:
+                reachable = m.isNodeConnected(self._voter_nodes[address])
+            voters.append({"address": address, "reachable": reachable})
+        transport = m._hagent_transport
+        return {
+            "role": self._role,
+            "voter": self.self_address is not None,
+            "self_address": self.self_address,
+            "leader": leader.id if leader is not None else None,
+            "term": m.raftCurrentTerm,
+            "commit_index": m.raftCommitIndex,
+            "applied_index": m.raftLastApplied,
+            "leader_commit_index": leader_commit,
+            "log_size": m._getRaftLogSize(),
+            "voters": voters,
+            "ready": leader is not None and m.isReady() and self.fatal_error is None,
+            "fsync": bool(self.options.fsync),
+            "durable_index": self._journal.durable_index,
+            "journal_syncs": self._journal.sync_count,
+            "acks_ahead_of_disk": transport.acks_ahead_of_disk if transport else 0,
+            "rejected_connections": (transport.rejected_frames + transport.unauthenticated_drops)
+            if transport else 0,
+            "error": self.fatal_error,
+        }
+
+    def close(self) -> None:
+        """Stop the Raft thread, sync and close the journal. Idempotent."""
+        machine = self._machine
+        if machine is None:
+            return
+        machine.destroy()
+        thread = getattr(machine, "_SyncObj__thread", None)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(10.0)
+
+    # --- called in the Raft thread -----------------------------------------------------------
+    def _apply(self, command: dict) -> dict:
+        with self._lock:
+            try:
+                return self._state.apply(command)
+            except Exception as exc:  # apply promises not to raise; never stop the log
+                log.exception("ClusterState.apply raised on a committed command")
+                return {"ok": False, "error": f"internal error {type(exc).__name__}: {exc}"}
+
+    def _on_state_changed(self, old: int, new: int) -> None:
+        old_name, new_name = _ROLES.get(old, str(old)), _ROLES.get(new, str(new))
+        if self.self_address is not None:
+            self._role = new_name
+        term = self._machine.raftCurrentTerm if hasattr(self, "_machine") else 0
+        log.info("raft role %s -> %s (term %d)", old_name, new_name, term)
+        if self._on_role_change is not None:
+            try:
+                self._on_role_change(old_name, new_name, term)
+            except Exception:
+                log.exception("on_role_change callback raised")
+
+    def _write_snapshot(self, path: str, raft_data: tuple) -> None:
+        last_entry, prev_entry, cluster = raft_data
+        with self._lock:
+            state = self._state.to_snapshot()
+        write_snapshot(path, last_entry, prev_entry, [getattr(n, "id", str(n)) for n in cluster],
+                       state, fsync=bool(self.options.fsync))
+        log.info("snapshot written at index %d", last_entry[1])
+
+    def _load_snapshot(self, path: str) -> tuple:
+        try:
+            doc = read_snapshot(path, fsync=bool(self.options.fsync))
+            new_state = ClusterState.from_snapshot(doc["state"], self._duplicate_interval)
+        except Exception as exc:
+            self._halt(f"cannot load snapshot {path}: {exc}")
+            raise
+        with self._lock:
+            self._state = new_state
+        log.info("snapshot loaded at index %d", doc["last_entry"][1])
+        return doc["last_entry"], doc["prev_entry"], [TCPNode(a) for a in doc["cluster"]]
+
+    def _halt(self, reason: str) -> None:
+        """Stop participating: send nothing more, stop the tick thread, report why."""
+        self.fatal_error = reason
+        log.critical("raft node stops: %s", reason)
+        transport = self._machine._hagent_transport
+        if transport is not None:
+            transport.halt()
+        self._machine.destroy()
+
+
+__all__ = ["RaftNode", "RaftError", "InvalidCommandError", "SnapshotFileError",
+           "APPEND_ENTRIES_USE_BATCH", "AUTO_TICK_PERIOD", "MAX_COMMAND_BYTES"]

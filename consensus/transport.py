@@ -1,0 +1,252 @@
+"""pysyncobj's TCP transport, made safe for hagent: bounded frames, plain-data pickles, and no
+message leaving before the journal changes it reflects are on disk.
+
+Three things pysyncobj 0.3.17 does not do, each done here in one place:
+
+1. **Sync before send** (``HagentTransport.send``/``flush``). While the journal has unsynced
+   changes, outgoing messages are queued instead of written; ``flush()`` syncs the journal once
+   and then sends the queue in order. The SyncObj subclass in ``consensus.raft`` flushes at the
+   start of every tick, and the transport's own tick callback flushes right before pysyncobj
+   blocks in ``poll``. So a follower's ack (``next_node_idx``), a vote, or the leader's
+   append-entries never reflects an entry that is not durable, and all entries appended in one
+   tick share one fdatasync. The leader only counts itself toward a commit for entries it has
+   already sent, hence synced.
+2. **Frame caps** (``CappedConnection``). pysyncobj buffers whatever length a peer announces in
+   a frame's 4-byte prefix. A connection that has not yet completed the encrypted handshake
+   may announce at most ``PREAUTH_MAX_FRAME`` bytes, an authenticated one ``MAX_FRAME``; a
+   larger or negative length drops the connection before anything is buffered.
+3. **Plain-data unpickling** (``install_restricted_unpickler``). pysyncobj's wire messages and
+   log entries are pickles. With ``password=`` set, an unauthenticated peer's bytes fail the
+   Fernet check before they are unpickled; but every node (voter or replica) holds the
+   cluster secret, so a single compromised compute node could otherwise run code on every
+   voter. The restricted unpickler only builds plain values (dict, list, tuple, str, bytes,
+   numbers, bool, None, set) and raises on anything that names a class or function.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import pickle
+import struct
+import time
+from typing import Any, Callable
+
+import pysyncobj.pickle as pysyncobj_pickle
+from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
+from pysyncobj.transport import TCPTransport
+
+log = logging.getLogger(__name__)
+
+#: Largest frame an authenticated peer may send. Append-entries batches are 64 KiB
+#: (pysyncobj splits larger entries), snapshot chunks 64 KiB; a forwarded command is bounded
+#: by ``consensus.raft.MAX_COMMAND_BYTES``. Fernet + base64 add about a third.
+MAX_FRAME = 8 * 1024 * 1024
+#: Largest frame before the handshake: the first message is a 32-byte random key.
+PREAUTH_MAX_FRAME = 4096
+#: Stop draining a socket into the buffer past this many bytes once a whole frame is
+#: buffered; the level-triggered poller brings us back for the rest.
+_READ_SOFT_LIMIT = 1024 * 1024
+#: At most one "dropped a connection" warning per this many seconds (an attacker must not
+#: be able to flood the journal).
+_WARN_INTERVAL = 10.0
+
+# --- 3. restricted unpickler ----------------------------------------------------------------
+
+# Globals a plain-data protocol-2 pickle needs: bytes are pickled as _codecs.encode(str,
+# 'latin1') and b'' as bytes(); sets as set([...]).
+_ALLOWED_GLOBALS = {
+    ("_codecs", "encode"), ("builtins", "bytes"), ("__builtin__", "bytes"),
+    ("builtins", "set"), ("__builtin__", "set"), ("builtins", "frozenset"),
+    ("__builtin__", "frozenset"), ("builtins", "bytearray"), ("__builtin__", "bytearray"),
+}
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """A pickle named a class or function outside the plain-data allow-list."""
+
+
+class _PlainDataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        raise UnsafePickleError(f"refusing to unpickle global {module}.{name}")
+
+
+def restricted_loads(data: bytes | str) -> Any:
+    """``pickle.loads`` that only builds plain data; raises UnsafePickleError otherwise."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    return _PlainDataUnpickler(io.BytesIO(data)).load()
+
+
+def restricted_load(file) -> Any:
+    return _PlainDataUnpickler(file).load()
+
+
+def install_restricted_unpickler() -> None:
+    """Route every pysyncobj unpickling (wire messages, log entries) through the allow-list.
+
+    pysyncobj's modules call ``pysyncobj.pickle.loads``/``load`` through the module object, so
+    replacing the two functions there covers the connection parser, command application and
+    chunked entries. Idempotent. Consequence: dynamic membership changes (which pickle Node
+    objects) are unavailable; hagent does not use them.
+    """
+    pysyncobj_pickle.loads = restricted_loads
+    pysyncobj_pickle.load = restricted_load
+
+
+# --- 2. frame caps --------------------------------------------------------------------------
+
+class CappedConnection(TcpConnection):
+    """TcpConnection that refuses oversized frames before buffering them.
+
+    pysyncobj creates its connections itself (in ``TcpServer`` and ``TCPTransport.addNode``);
+    ``HagentTransport`` re-classes each new one to this subclass before it reads a byte. The
+    override hooks pysyncobj's private read step (``_TcpConnection__processRead``), which
+    appends one ``recv`` to the private read buffer.
+    """
+
+    on_rejected: Callable[["CappedConnection", str], None] | None = None
+
+    def _TcpConnection__processRead(self) -> bool:  # noqa: N802 (pysyncobj's name)
+        more = TcpConnection._TcpConnection__processRead(self)
+        if self.state == CONNECTION_STATE.DISCONNECTED:
+            return False
+        buf = self._TcpConnection__readBuffer
+        if len(buf) < 4:
+            return more
+        (length,) = struct.unpack("i", buf[:4])
+        limit = MAX_FRAME if self.sendRandKey else PREAUTH_MAX_FRAME
+        if length < 0 or length > limit:
+            reason = (f"frame of {length} bytes announced, limit {limit} "
+                      f"({'authenticated' if self.sendRandKey else 'before handshake'})")
+            callback = self.on_rejected
+            self.disconnect()
+            if callback is not None:
+                callback(self, reason)
+            return False
+        if len(buf) >= 4 + length and len(buf) > _READ_SOFT_LIMIT:
+            return False  # parse what we have before reading more
+        return more
+
+    def peer(self) -> str:
+        try:
+            host, port = self._TcpConnection__socket.getpeername()[:2]
+            return f"{host}:{port}"
+        except Exception:
+            return "?"
+
+
+# --- 1. sync before send + the transport ----------------------------------------------------
+
+class HagentTransport(TCPTransport):
+    """TCPTransport with frame caps, sync-before-send and a halt switch.
+
+    ``journal`` is the node's ``DurableJournal`` when fsync is on (None: send at once, as
+    pysyncobj does). ``halt()`` drops every later message: a node that found it cannot
+    continue safely (e.g. a snapshot of a newer format) must not ack anything.
+    """
+
+    def __init__(self, syncObj, selfNode, otherNodes, journal=None) -> None:  # noqa: N803
+        self._journal = journal
+        self._pending: list[tuple[Any, Any]] = []
+        self._halted = False
+        self._last_warning = 0.0
+        self._suppressed = 0
+        #: Connections dropped for an oversized frame, and unauthenticated connections that
+        #: went away before completing the handshake (garbage, wrong password, scanners).
+        self.rejected_frames = 0
+        self.unauthenticated_drops = 0
+        #: Acks (next_node_idx success) sent, and those sent for entries not yet durable
+        #: (must stay 0; a test and the status document watch it).
+        self.acks_sent = 0
+        self.acks_ahead_of_disk = 0
+        #: Number of flushes that synced the journal.
+        self.syncing_flushes = 0
+        super().__init__(syncObj, selfNode, otherNodes)
+
+    # -- sync before send
+    def send(self, node, message) -> bool:
+        if self._halted:
+            return False
+        if self._journal is not None and (self._journal.dirty or self._pending):
+            conn = self._connections.get(node)
+            if conn is None or conn.state != CONNECTION_STATE.CONNECTED:
+                return False
+            self._pending.append((node, message))
+            return True
+        return self._send_now(node, message)
+
+    def flush(self) -> None:
+        """Sync the journal if it changed, then send every queued message in order."""
+        if self._journal is not None and self._journal.dirty:
+            self._journal.sync()
+            self.syncing_flushes += 1
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        for node, message in pending:
+            self._send_now(node, message)
+
+    def _send_now(self, node, message) -> bool:
+        if self._halted:
+            return False
+        if isinstance(message, dict) and message.get("type") == "next_node_idx" \
+                and message.get("success"):
+            self.acks_sent += 1
+            if self._journal is not None and message["next_node_idx"] - 1 > self._journal.durable_index:
+                self.acks_ahead_of_disk += 1
+                log.error("durability bug: ack for index %d while only %d is on disk",
+                          message["next_node_idx"] - 1, self._journal.durable_index)
+        return super().send(node, message)
+
+    def halt(self) -> None:
+        self._halted = True
+        self._pending = []
+
+    def _onTick(self) -> None:  # noqa: N802 (pysyncobj's name)
+        self.flush()
+        super()._onTick()
+
+    # -- frame caps and logging of refused peers
+    def _cap(self, conn) -> None:
+        if type(conn) is TcpConnection:
+            conn.__class__ = CappedConnection
+        if isinstance(conn, CappedConnection):
+            conn.on_rejected = self._on_rejected
+
+    def _onNewIncomingConnection(self, conn) -> None:  # noqa: N802
+        self._cap(conn)
+        conn._hagent_peer = conn.peer() if isinstance(conn, CappedConnection) else "?"
+        super()._onNewIncomingConnection(conn)
+
+    def addNode(self, node) -> None:  # noqa: N802
+        super().addNode(node)
+        conn = self._connections.get(node)
+        if conn is not None:
+            self._cap(conn)
+
+    def _onDisconnected(self, conn) -> None:  # noqa: N802
+        if conn in self._unknownConnections:
+            self.unauthenticated_drops += 1
+            peer = getattr(conn, "_hagent_peer", "?")
+            self._warn("dropped an unauthenticated Raft connection from %s (bad handshake, "
+                       "wrong cluster secret, or not a Raft peer)", peer)
+        super()._onDisconnected(conn)
+
+    def _on_rejected(self, conn: CappedConnection, reason: str) -> None:
+        self.rejected_frames += 1
+        self._warn("dropped Raft connection from %s: %s",
+                   getattr(conn, "_hagent_peer", None) or conn.peer(), reason)
+
+    def _warn(self, fmt: str, *args) -> None:
+        now = time.monotonic()
+        if now - self._last_warning < _WARN_INTERVAL:
+            self._suppressed += 1
+            return
+        if self._suppressed:
+            fmt += " (%d similar messages suppressed)"
+            args = (*args, self._suppressed)
+        self._suppressed = 0
+        self._last_warning = now
+        log.warning(fmt, *args)
