@@ -17,6 +17,7 @@ from __future__ import annotations
 import uuid
 from typing import Any, Awaitable, Callable
 
+from consensus.queries import QueryError
 from hagent.node_api import AgentNode
 
 Verb = Callable[[AgentNode, dict[str, Any]], Awaitable[Any]]
@@ -70,6 +71,14 @@ def _list_args(args: dict[str, Any]) -> dict[str, Any]:
             "sort_dir": sort_dir, "limit": limit, "marker": _arg(args, "marker", str, None)}
 
 
+def _query(node: AgentNode, fn: Callable[[Any], Any]) -> Any:
+    """Run a read on the local replica; a bad query argument becomes a VerbError."""
+    try:
+        return node.read(fn)
+    except QueryError as exc:
+        raise VerbError(str(exc)) from None
+
+
 def _committed(answer: dict[str, Any]) -> Any:
     if not answer.get("ok"):
         raise VerbError(answer.get("error") or "the log refused the command")
@@ -116,14 +125,14 @@ _SEGMENT_FIELDS = {"name": str, "description": str, "recovery_method": str, "ser
 async def segment_list(node: AgentNode, args: dict[str, Any]) -> Any:
     _no_unknown(args, _LIST_ARGS)
     q = _list_args(args)
-    return node.read(lambda s: s.list_segments(q["filters"], q["sort_key"], q["sort_dir"],
+    return _query(node, lambda s: s.list_segments(q["filters"], q["sort_key"], q["sort_dir"],
                                                q["limit"], q["marker"]))
 
 
 async def segment_show(node: AgentNode, args: dict[str, Any]) -> Any:
     _no_unknown(args, {"segment"})
     key = _arg(args, "segment")
-    return _found(node.read(lambda s: s.get_segment(key)), "segment", key)
+    return _found(_query(node, lambda s: s.get_segment(key)), "segment", key)
 
 
 async def segment_create(node: AgentNode, args: dict[str, Any]) -> Any:
@@ -157,7 +166,7 @@ async def host_list(node: AgentNode, args: dict[str, Any]) -> Any:
     _no_unknown(args, {"segment"} | _LIST_ARGS)
     segment = _arg(args, "segment", str, None)
     q = _list_args(args)
-    return node.read(lambda s: s.list_hosts(segment, q["filters"], q["sort_key"], q["sort_dir"],
+    return _query(node, lambda s: s.list_hosts(segment, q["filters"], q["sort_key"], q["sort_dir"],
                                             q["limit"], q["marker"]))
 
 
@@ -165,7 +174,7 @@ async def host_show(node: AgentNode, args: dict[str, Any]) -> Any:
     _no_unknown(args, {"segment", "host"})
     key = _arg(args, "host")
     segment = _arg(args, "segment", str, None)
-    return _found(node.read(lambda s: s.get_host(key, segment)), "host", key)
+    return _found(_query(node, lambda s: s.get_host(key, segment)), "host", key)
 
 
 async def host_create(node: AgentNode, args: dict[str, Any]) -> Any:
@@ -202,14 +211,14 @@ async def host_delete(node: AgentNode, args: dict[str, Any]) -> Any:
 async def notification_list(node: AgentNode, args: dict[str, Any]) -> Any:
     _no_unknown(args, _LIST_ARGS)
     q = _list_args(args)
-    return node.read(lambda s: s.list_notifications(q["filters"], q["sort_key"], q["sort_dir"],
+    return _query(node, lambda s: s.list_notifications(q["filters"], q["sort_key"], q["sort_dir"],
                                                     q["limit"], q["marker"]))
 
 
 async def notification_show(node: AgentNode, args: dict[str, Any]) -> Any:
     _no_unknown(args, {"notification_uuid"})
     key = _arg(args, "notification_uuid")
-    return _found(node.read(lambda s: s.get_notification(key)), "notification", key)
+    return _found(_query(node, lambda s: s.get_notification(key)), "notification", key)
 
 
 async def notification_create(node: AgentNode, args: dict[str, Any]) -> Any:

@@ -35,6 +35,8 @@ NOTIFICATION_LIST = ("notification_uuid", "generated_time", "status", "type", "s
 NOTIFICATION_SHOW = ("created_at", "updated_at", "notification_uuid", "type", "status", "hostname",
                      "source_host_uuid", "source_node", "generated_time", "payload", "message")
 MEMBERS = ("name", "raft_address", "voter", "reachable")
+STATUS = ("node", "role", "voter", "leader", "term", "commit_index", "applied_index", "log_size",
+          "ready", "voters", "notifications")
 
 RECOVERY_METHODS = ("auto", "reserved_host", "auto_priority", "rh_priority")
 NOTIFICATION_TYPES = ("COMPUTE_HOST", "PROCESS", "VM")
@@ -254,8 +256,19 @@ def _out(ns: argparse.Namespace, value: Any, table: Callable[[Any], str]) -> Non
     print(render.to_json(value) if ns.format == "json" else table(value))
 
 
+def _columns(rows: list[dict[str, Any]], preferred: Sequence[str]) -> list[str]:
+    """``preferred`` columns any row has, then the rest by name (the agent may add fields)."""
+    present = {k for r in rows for k in r}
+    return [c for c in preferred if c in present] + sorted(present - set(preferred))
+
+
 def _fields(value: dict[str, Any]) -> str:
-    return render.show_table(value, ())
+    """Field/Value table of a status document; voters shown one per line."""
+    value = dict(value)
+    if isinstance(value.get("voters"), list):
+        value["voters"] = [f"{v.get('address')} ({'reachable' if v.get('reachable') else 'unreachable'})"
+                           if isinstance(v, dict) else v for v in value["voters"]]
+    return render.show_table(value, STATUS)
 
 
 def run(ns: argparse.Namespace, parser: argparse.ArgumentParser, call: Call) -> int:
@@ -265,7 +278,7 @@ def run(ns: argparse.Namespace, parser: argparse.ArgumentParser, call: Call) -> 
     if verb in ("status", "raft"):
         _out(ns, _request(call, verb, {}), _fields)
     elif verb == "members":
-        _out(ns, _request(call, verb, {}), lambda rows: render.list_table(rows, MEMBERS))
+        _out(ns, _request(call, verb, {}), lambda rows: render.list_table(rows, _columns(rows, MEMBERS)))
 
     elif verb == "segment.list":
         _out(ns, _request(call, verb, _list_query(ns, parser)),
@@ -324,12 +337,14 @@ def run(ns: argparse.Namespace, parser: argparse.ArgumentParser, call: Call) -> 
 
 
 def _delete_each(ns: argparse.Namespace, call: Call, requests: list[tuple[str, dict, str]]) -> int:
-    """Delete one by one like python-masakariclient; exit 1 if any was refused."""
+    """Delete one by one like python-masakariclient; exit 1 if any was refused.
+
+    JSON output is the list of names/uuids that were deleted."""
     deleted, status = [], 0
     for verb, args, message in requests:
         reply = call(verb, args)
         if reply["ok"]:
-            deleted.append(reply["result"])
+            deleted.append(args.get("host") or args.get("segment"))
             if ns.format != "json":
                 print(message)
         else:

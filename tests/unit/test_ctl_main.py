@@ -1,0 +1,251 @@
+"""hagentctl: argument parsing, output shapes and exit codes, with the agent in-process.
+
+``main(argv, call=...)`` takes the transport as an argument; here it is the admin
+server's own request handler on a FakeNode, so every verb runs the real server code
+and the real state machine without a socket.
+"""
+import asyncio
+import json
+
+import pytest
+
+from hagent.admin import protocol
+from hagent.admin.client import AdminUnavailable
+from hagent.admin.server import AdminServer
+from hagent.config import AdminConfig
+from hagent.ctl.main import build_parser, main
+from tests.fakes import FakeNode
+
+PAYLOAD = '{"event": "STOPPED", "host_status": "NORMAL", "cluster_status": "OFFLINE"}'
+
+
+@pytest.fixture
+def node():
+    return FakeNode()
+
+
+@pytest.fixture
+def ctl(node, tmp_path, capsys):
+    server = AdminServer(node, AdminConfig(socket=tmp_path / "hagent.sock"))
+    calls = []
+
+    def call(verb, args):
+        calls.append((verb, args))
+        # through the wire encoding both ways, as over the socket
+        reply = asyncio.run(server.answer(protocol.encode_request(verb, args)))
+        return protocol.decode_reply(protocol.encode(reply))
+
+    def run(*argv):
+        code = main(list(argv), call=call)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    run.calls = calls
+    return run
+
+
+def jrun(ctl, *argv):
+    code, out, err = ctl(*argv, "-f", "json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def table_rows(out):
+    """Cell texts of a boxed table's body rows."""
+    lines = [line for line in out.splitlines() if line.startswith("| ")]
+    return [[c.strip() for c in line.strip("|").split("|")] for line in lines[1:]]
+
+
+@pytest.fixture
+def populated(ctl):
+    assert ctl("segment", "create", "s1", "auto", "COMPUTE", "--description", "first")[0] == 0
+    assert ctl("host", "create", "cn1", "COMPUTE", "SSH", "s1")[0] == 0
+    assert ctl("host", "create", "cn2", "COMPUTE", "SSH", "s1", "--reserved", "True")[0] == 0
+    return ctl
+
+
+# --- verbs: tables ------------------------------------------------------------------------
+def test_status_table(ctl):
+    code, out, err = ctl("status")
+    assert code == 0 and err == ""
+    rows = dict((r[0], r[1]) for r in table_rows(out) if r[0])
+    assert rows["node"] == "node-1" and rows["role"] == "leader" and rows["term"] == "4"
+    assert "127.0.0.1:7103 (unreachable)" in out
+
+
+def test_members_and_raft(ctl):
+    code, out, _ = ctl("members")
+    assert code == 0 and [r[0] for r in table_rows(out)] == ["node-1", "node-2", "node-3"]
+    code, out, _ = ctl("raft")
+    assert code == 0 and "| role " in out
+
+
+def test_segment_create_prints_the_stored_record(ctl, node):
+    code, out, _ = ctl("segment", "create", "s1", "auto", "COMPUTE", "--is_enabled", "false")
+    assert code == 0
+    rows = dict(r for r in table_rows(out) if r[0])
+    assert rows["name"] == "s1" and rows["enabled"] == "False"
+    assert rows["uuid"] == node.read(lambda s: s.get_segment("s1"))["uuid"]
+
+
+def test_segment_list_show_update_delete(populated):
+    ctl = populated
+    code, out, _ = ctl("segment", "list")
+    assert code == 0 and table_rows(out)[0][1:5] == ["s1", "first", "COMPUTE", "auto"]
+    code, out, _ = ctl("segment", "show", "s1")
+    assert code == 0 and "| description     | first" in out
+    code, out, _ = ctl("segment", "update", "s1", "--description", "second",
+                       "--recovery-method", "reserved_host")
+    assert code == 0 and "second" in out and "reserved_host" in out
+    assert ctl("host", "delete", "s1", "cn1") == (0, "Host deleted: cn1\n", "")
+    assert ctl("host", "delete", "s1", "cn2")[0] == 0
+    assert ctl("segment", "delete", "s1") == (0, "Segment deleted: s1\n", "")
+
+
+def test_host_verbs(populated):
+    ctl = populated
+    code, out, _ = ctl("host", "list", "s1", "--sort-key", "name", "--sort-dir", "asc")
+    assert code == 0 and [r[1] for r in table_rows(out)] == ["cn1", "cn2"]
+    code, out, _ = ctl("host", "list", "s1", "--filters", "reserved=True")
+    assert [r[1] for r in table_rows(out)] == ["cn2"]
+    code, out, _ = ctl("host", "show", "s1", "cn1")
+    assert code == 0 and "failover_segment_id" in out and "| failover_segment " not in out
+    code, out, _ = ctl("host", "update", "s1", "cn1", "--on_maintenance", "True")
+    assert code == 0 and dict(r for r in table_rows(out) if r[0])["on_maintenance"] == "True"
+    code, out, _ = ctl("host", "update", "s1", "cn1", "--on-maintenance", "no")
+    assert dict(r for r in table_rows(out) if r[0])["on_maintenance"] == "False"
+
+
+def test_host_create_accepts_both_maintenance_spellings(populated, node):
+    assert populated("host", "create", "cn3", "COMPUTE", "SSH", "s1", "--on-maintenance", "True")[0] == 0
+    assert populated("host", "create", "cn4", "COMPUTE", "SSH", "s1", "--on_maintenance", "True")[0] == 0
+    assert all(node.read(lambda s: s.get_host(h))["on_maintenance"] for h in ("cn3", "cn4"))
+
+
+def test_notification_verbs(populated, node):
+    ctl = populated
+    code, out, err = ctl("notification", "create", "COMPUTE_HOST", "cn1",
+                         "2024-01-01T01:00:00.000", PAYLOAD)
+    assert code == 0 and err == ""
+    rows = dict(r for r in table_rows(out) if r[0])
+    assert rows["status"] == "new" and rows["hostname"] == "cn1"
+    nid = rows["notification_uuid"]
+    code, out, _ = ctl("notification", "show", nid)
+    assert code == 0 and nid in out
+    code, out, _ = ctl("notification", "list", "--filters", "status=new", "--limit", "5")
+    assert code == 0 and table_rows(out)[0][0] == nid
+
+
+def test_notification_not_yet_committed_warns_but_succeeds(populated, node):
+    node.commit_submissions = False
+    code, out, err = populated("notification", "create", "VM", "cn1", "2024-01-01T01:00:00", "{}")
+    assert code == 0 and "not committed to the log yet" in err and "pending" in out
+
+
+# --- -f json --------------------------------------------------------------------------------
+def test_json_shapes_use_masakari_field_names(populated):
+    ctl = populated
+    segs = jrun(ctl, "segment", "list")
+    assert isinstance(segs, list) and {"uuid", "name", "recovery_method", "service_type",
+                                       "description", "enabled", "created_at"} <= set(segs[0])
+    host = jrun(ctl, "host", "show", "s1", "cn2")
+    assert host["reserved"] is True and host["failover_segment_id"] == segs[0]["uuid"]
+    note = jrun(ctl, "notification", "create", "COMPUTE_HOST", "cn1", "2024-01-01T01:00:00", PAYLOAD)
+    assert {"notification_uuid", "status", "type", "source_host_uuid", "payload", "generated_time",
+            "created_at", "hostname"} <= set(note)
+    assert note["payload"] == json.loads(PAYLOAD)
+    assert jrun(ctl, "notification", "list") == [note]
+    assert jrun(ctl, "notification", "show", note["notification_uuid"]) == note
+    assert jrun(ctl, "status")["node"] == "node-1"
+    assert len(jrun(ctl, "members")) == 3
+
+
+def test_format_before_or_after_the_verb(ctl):
+    code, out, _ = ctl("-f", "json", "status")
+    assert json.loads(out)["role"] == "leader"
+    code, out, _ = ctl("status", "--format", "json")
+    assert json.loads(out)["role"] == "leader"
+
+
+def test_json_delete_lists_what_was_deleted(populated):
+    populated("host", "delete", "s1", "cn1")
+    populated("host", "delete", "s1", "cn2")
+    assert jrun(populated, "segment", "delete", "s1") == ["s1"]
+
+
+# --- list options ------------------------------------------------------------------------------
+def test_list_options_reach_the_agent(ctl):
+    ctl("segment", "list", "--filters", "recovery_method=auto;service_type=COMPUTE",
+        "--filters", "enabled=True", "--sort", "name:asc", "--limit", "3")
+    assert ctl.calls[-1] == ("segment.list", {
+        "filters": {"recovery_method": "auto", "service_type": "COMPUTE", "enabled": "True"},
+        "sort_key": "name", "sort_dir": "asc", "limit": 3})
+
+
+def test_bad_sort_key_is_refused_by_the_agent(ctl):
+    code, out, err = ctl("segment", "list", "--sort-key", "colour")
+    assert code == 1 and out == "" and "sort_key must be one of" in err
+
+
+# --- exit codes -------------------------------------------------------------------------------
+@pytest.mark.parametrize("argv", [
+    ["notification", "create", "VM", "cn1", "2024-01-01T00:00:00", "{not json"],
+    ["notification", "create", "VM", "cn1", "2024-01-01T00:00:00", "[1, 2]"],
+    ["notification", "create", "VM", "cn1", "yesterday", "{}"],
+    ["notification", "create", "DISK", "cn1", "2024-01-01T00:00:00", "{}"],
+    ["host", "create", "cn1", "COMPUTE", "SSH", "s1", "--reserved", "maybe"],
+    ["host", "update", "s1", "cn1", "--on-maintenance", "2"],
+    ["host", "update", "s1", "cn1"],
+    ["segment", "update", "s1"],
+    ["segment", "create", "s1", "sometimes", "COMPUTE"],
+    ["segment", "create", "s1"],
+    ["segment", "list", "--limit", "0"],
+    ["segment", "list", "--filters", "novalue"],
+    ["segment", "list", "--sort", "name:sideways"],
+    ["segment", "list", "-f", "yaml"],
+    ["host", "list"],
+    ["frobnicate"],
+    [],
+])
+def test_usage_errors_exit_2(ctl, argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv, call=lambda verb, args: pytest.fail("must not reach the agent"))
+    assert exc.value.code == 2
+    assert "usage: hagentctl" in capsys.readouterr().err
+
+
+def test_refused_operation_exits_1_with_the_reason(ctl):
+    assert ctl("segment", "show", "nope") == (1, "", "hagentctl: segment not found: nope\n")
+
+
+def test_refused_delete_of_one_of_several(populated):
+    code, out, err = populated("segment", "delete", "nope", "s1")
+    assert code == 1
+    assert "segment.delete" in err and "'nope'" in err and "still holds 2 host(s)" in err
+
+
+def test_log_unavailable_exits_1(ctl, node):
+    node.refuse_log = "the log did not commit within 8 s"
+    assert ctl("segment", "create", "s1", "auto", "COMPUTE") == \
+        (1, "", "hagentctl: the log did not commit within 8 s\n")
+
+
+def test_unreachable_agent_exits_1_naming_the_socket(capsys):
+    def call(verb, args):
+        raise AdminUnavailable("cannot connect to /run/x.sock: no such socket")
+    assert main(["--socket", "/run/x.sock", "status"], call=call) == 1
+    assert capsys.readouterr().err == "hagentctl: cannot connect to /run/x.sock: no such socket\n"
+
+
+def test_bad_reply_exits_1(capsys):
+    def call(verb, args):
+        raise protocol.ProtocolError("reply is not JSON")
+    assert main(["--socket", "/run/x.sock", "status"], call=call) == 1
+    assert "bad answer from /run/x.sock" in capsys.readouterr().err
+
+
+def test_socket_option_default_and_positions():
+    parser = build_parser()
+    assert str(parser.parse_args(["status"]).socket) == "/run/hagent/hagent.sock"
+    assert str(parser.parse_args(["--socket", "/a", "status"]).socket) == "/a"
+    assert str(parser.parse_args(["status", "--socket", "/b"]).socket) == "/b"
