@@ -18,6 +18,7 @@ What this module adds to pysyncobj 0.3.17, and where (``docs/raft.md`` has the r
   ``conf.journalFile`` and the one patch of ``pysyncobj.syncobj.createJournal`` below;
 * snapshots are a versioned msgpack file, not a pickle (``consensus.snapshot_file``), and a
   newer format stops the node with a clear error instead of being half-loaded;
+* ``socket.inet_ntop``, which importing pysyncobj breaks process-wide, is restored;
 * an isolated leader gives up after ``leader_fallback_timeout`` (pysyncobj's default is 30 s).
 
 ``RaftNode`` must be constructed from a thread that outlives it (the daemon's main thread):
@@ -25,7 +26,9 @@ pysyncobj's tick thread stops when the thread that created the SyncObj exits.
 """
 from __future__ import annotations
 
+import _socket
 import logging
+import socket
 import threading
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -100,6 +103,10 @@ def _create_journal(journalFile=None):  # noqa: N803 (pysyncobj's name)
 def _patch_pysyncobj() -> None:
     _pysyncobj_syncobj.createJournal = _create_journal
     install_restricted_unpickler()
+    # pysyncobj.win_inet_pton replaces socket.inet_ntop on every OS (not only Windows) with a
+    # ctypes version that raises TypeError off Windows, breaking psutil and anything else in
+    # the process that formats IPv6 addresses. Put the real one back.
+    socket.inet_ntop = _socket.inet_ntop
 
 
 _patch_pysyncobj()
