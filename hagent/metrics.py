@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
-import weakref
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -40,11 +39,14 @@ NOTIFICATION_STATUSES = ("new", "running", "error", "failed", "ignored", "finish
 
 
 class StatusCollector(Collector):
-    """Turns one ``status()`` document into gauges at each scrape."""
+    """Turns one ``node.status()`` document into gauges at each scrape.
 
-    def __init__(self, status: Callable[[], dict[str, Any]], node_name: str) -> None:
-        self._status = status
-        self._node = node_name
+    It holds the node (whose registry holds this collector, so the two live and die
+    together) and calls ``status()`` afresh on every scrape."""
+
+    def __init__(self, node: Any) -> None:
+        self._node_ref = node
+        self._node = node.name
 
     def describe(self) -> list[Metric]:
         # Describing nothing keeps registration from calling status() (the node may
@@ -53,7 +55,7 @@ class StatusCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         try:
-            st = self._status()
+            st = self._node_ref.status()
         except Exception:  # a scrape must not fail because one read did
             log.exception("status() failed during a metrics scrape")
             st = None
@@ -105,10 +107,9 @@ class StatusCollector(Collector):
 class AgentMetrics:
     """The agent's metrics on one registry. Build it with ``register_agent_metrics(node)``."""
 
-    def __init__(self, registry: CollectorRegistry, status: Callable[[], dict[str, Any]],
-                 node_name: str) -> None:
+    def __init__(self, registry: CollectorRegistry, node: Any) -> None:
         self.registry = registry
-        registry.register(StatusCollector(status, node_name))
+        registry.register(StatusCollector(node))
         self.admin_requests = Counter(
             f"{PREFIX}_admin_requests", "Admin socket requests by verb and result (ok|error)",
             ["verb", "result"], registry=registry)
@@ -122,16 +123,18 @@ class AgentMetrics:
 
 
 _lock = threading.Lock()
-_by_registry: "weakref.WeakKeyDictionary[CollectorRegistry, AgentMetrics]" = weakref.WeakKeyDictionary()
+# Kept on the registry itself: the metrics hold the node, which holds the registry, so a
+# side table keyed by registry would keep every registry (and node) alive for ever.
+_ATTR = "_hagent_agent_metrics"
 
 
 def metrics_for(node: Any) -> AgentMetrics:
     """The node's ``AgentMetrics``, registered on ``node.registry`` on first call."""
     with _lock:
-        m = _by_registry.get(node.registry)
+        m = getattr(node.registry, _ATTR, None)
         if m is None:
-            m = AgentMetrics(node.registry, node.status, node.name)
-            _by_registry[node.registry] = m
+            m = AgentMetrics(node.registry, node)
+            setattr(node.registry, _ATTR, m)
         return m
 
 

@@ -1,0 +1,77 @@
+"""Status endpoint pieces that need no socket: bind parsing and the scrape-time metrics."""
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from hagent.metrics import metrics_for, register_agent_metrics
+from hagent.status_http import BindError, parse_bind
+from tests.fakes import FakeNode
+
+
+@pytest.mark.parametrize("bind, addr", [
+    ("127.0.0.1:7180", ("127.0.0.1", 7180)),
+    ("0.0.0.0:0", ("0.0.0.0", 0)),
+    ("[::1]:7180", ("::1", 7180)),
+    ("localhost:80", ("localhost", 80)),
+])
+def test_parse_bind(bind, addr):
+    assert parse_bind(bind) == addr
+
+
+@pytest.mark.parametrize("bind", ["7180", ":7180", "host:", "host:http", "host:70000"])
+def test_parse_bind_refuses(bind):
+    with pytest.raises(BindError, match="not host:port"):
+        parse_bind(bind)
+
+
+def scrape(node):
+    samples = {}
+    for family in text_string_to_metric_families(generate_latest(node.registry).decode()):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return samples
+
+
+def test_metrics_read_status_at_scrape_time():
+    node = FakeNode()
+    register_agent_metrics(node)
+    before = scrape(node)
+    assert before[("hagent_raft_term", ())] == 4
+    assert before[("hagent_raft_is_leader", ())] == 1
+    assert before[("hagent_raft_commit_index", ())] == 0
+    assert before[("hagent_notifications", (("status", "new"),))] == 0
+    assert before[("hagent_node_info", (("node", "node-1"),))] == 1
+    assert before[("hagent_raft_voters_reachable", ())] == 2
+    assert before[("hagent_spool_depth", ())] == 0
+    node.leader = False
+    node._applied = 7
+    after = scrape(node)
+    assert after[("hagent_raft_is_leader", ())] == 0
+    assert after[("hagent_raft_applied_index", ())] == 7
+
+
+def test_metrics_registered_once_per_registry():
+    node = FakeNode()
+    assert register_agent_metrics(node) is metrics_for(node)
+    assert metrics_for(FakeNode()) is not metrics_for(node)
+
+
+def test_admin_counters_are_exposed():
+    node = FakeNode()
+    m = register_agent_metrics(node)
+    m.admin_requests.labels("status", "ok").inc()
+    m.admin_malformed.inc()
+    m.admin_refused_peers.inc()
+    s = scrape(node)
+    assert s[("hagent_admin_requests_total", (("result", "ok"), ("verb", "status")))] == 1
+    assert s[("hagent_admin_malformed_requests_total", ())] == 1
+    assert s[("hagent_admin_refused_peers_total", ())] == 1
+
+
+def test_scrape_survives_a_failing_status(monkeypatch):
+    node = FakeNode()
+    register_agent_metrics(node)
+    monkeypatch.setattr(node, "status", lambda: 1 / 0)
+    s = scrape(node)
+    assert s[("hagent_status_up", ())] == 0
+    assert ("hagent_raft_term", ()) not in s
