@@ -229,10 +229,10 @@ class NodeConfig:
 
 
 def _bind_in_voters(bind: str, voters: list[str]) -> str | None:
-    if not bind or bind.lower() in (v.lower() for v in voters):
+    if not bind or bind in voters:
         return None
-    return (f"{_q(bind)} is not one of voters: a voter binds exactly its own voters entry; "
-            "a non-voter leaves bind empty")
+    return (f"{_q(bind)} is not one of voters (compared exactly, as written): a voter binds "
+            "its own voters entry; a non-voter leaves bind empty")
 
 
 def _min_below_max(low: float, high: float) -> str | None:
@@ -518,14 +518,16 @@ class _Loader:
                 self.error(key_path, f"expected {type_name(tp)}, got {describe_value(raw)}")
                 return None
             (item_tp,) = typing.get_args(tp)
-            items = []
-            for i, item in enumerate(raw):
-                converted = self.scalar(item_tp, item, f"{key_path}[{i}]",
-                                        f.metadata.get("item_check", ()))
-                items.append(converted)
-            if any(item is None for item in items):
+            if not all(_convert(item_tp, item) is not None for item in raw):
+                for i, item in enumerate(raw):
+                    self.scalar(item_tp, item, f"{key_path}[{i}]", ())
                 return None
-            return self.checked(f, items, key_path)
+            # Every element has the right type: check each, and the list as a whole too
+            # (count, duplicates), so one pass reports every problem.
+            items = [self.scalar(item_tp, item, f"{key_path}[{i}]", f.metadata.get("item_check", ()))
+                     for i, item in enumerate(raw)]
+            whole = self.checked(f, [_convert(item_tp, item) for item in raw], key_path)
+            return None if whole is None or any(item is None for item in items) else items
         converted = self.scalar(tp, raw, key_path, ())
         return None if converted is None else self.checked(f, converted, key_path)
 

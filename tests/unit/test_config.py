@@ -283,3 +283,15 @@ def test_check_config_main_checks_the_secret_mode(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{path}: raft.secret_file: {secret}" in err and f"chmod 600 {secret}" in err
     assert check_config_main(str(path), check_secret=False) == 0
+
+
+def test_bad_entries_and_bad_count_reported_together():
+    errors = errors_of('[node]\nname = "a"\n[raft]\nvoters = ["a:1", "b"]\n')
+    assert errors[0] == 'raft.voters[1]: "b" is not host:port (no :port)'
+    assert errors[1].startswith("raft.voters: 2 voters given")
+    assert len(errors) == 2
+
+
+def test_bind_compared_exactly_so_is_voter_agrees():
+    (error,) = errors_of(with_raft('bind = "10.0.0.1:07170"'))
+    assert error.startswith('raft.bind: "10.0.0.1:07170" is not one of voters')
