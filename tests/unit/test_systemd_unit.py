@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import configparser
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -85,3 +87,17 @@ def test_every_service_directive_has_a_reason():
 def test_installable(unit):
     assert unit["Install"]["WantedBy"] == "multi-user.target"
     assert "network-online.target" in unit["Unit"]["After"]
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_systemd_analyze_verify_accepts_the_unit(tmp_path):
+    """systemd's own parser: no unknown directive, no unparsable value.
+
+    ExecStart= points at /bin/true in the copy because /usr/bin/hagent is not installed here.
+    """
+    copy = tmp_path / "hagent.service"
+    copy.write_text(UNIT.read_text().replace("ExecStart=/usr/bin/hagent ", "ExecStart=/bin/true "))
+    result = subprocess.run(["systemd-analyze", "verify", str(copy)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
