@@ -481,7 +481,7 @@ class _Loader:
         for key in data:
             if key not in known:
                 hint = difflib.get_close_matches(key, known, n=1)
-                what = "unknown table" if not prefix else "unknown key"
+                what = "unknown table" if not prefix and isinstance(data[key], dict) else "unknown key"
                 self.error(_join(prefix, key), what + (f" (did you mean {_q(hint[0])}?)" if hint else ""))
         values: dict[str, Any] = {}
         bad: set[str] = set()

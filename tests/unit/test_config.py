@@ -295,3 +295,7 @@ def test_bad_entries_and_bad_count_reported_together():
 def test_bind_compared_exactly_so_is_voter_agrees():
     (error,) = errors_of(with_raft('bind = "10.0.0.1:07170"'))
     assert error.startswith('raft.bind: "10.0.0.1:07170" is not one of voters')
+
+
+def test_top_level_key_outside_any_table():
+    assert 'name: unknown key' in errors_of('name = "x"\n' + MINIMAL)
