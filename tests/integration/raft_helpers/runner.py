@@ -98,13 +98,17 @@ def main() -> None:
                                      "term": term, "pid": os.getpid()}) + "\n")
             events.flush()
 
+    stale = cfg.get("propose_on_sigcont", 0)
+    if stale:
+        # Only the main thread may take SIGCONT, so the handler runs the moment the process
+        # resumes (its blocking read is interrupted), before the Raft thread learns anything.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCONT})
     node = raft.RaftNode(self_address=cfg["self_address"], voters=cfg["voters"],
                          state_dir=Path(cfg["state_dir"]), password=cfg["password"],
                          options=options, state=ClusterState(), node_name=name,
                          on_role_change=on_role)
     node_ref.append(node)
 
-    stale = cfg.get("propose_on_sigcont", 0)
     if stale:
         def on_cont(signum, frame):
             st = node.status()
@@ -115,6 +119,7 @@ def main() -> None:
                 node.propose(lease(tag, 1), lambda r, e, tag=tag: emit(
                     {"event": "stale_result", "tag": tag, "ok": e is None, "error": e}))
         signal.signal(signal.SIGCONT, on_cont)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCONT})
 
     emit({"event": "started", "pid": os.getpid()})
     for line in sys.stdin:
