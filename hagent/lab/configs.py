@@ -1,0 +1,160 @@
+"""The lab's on-disk layout and the agent config files it writes.
+
+Per node ``DIR/<name>/``: ``hagent.toml``, ``state/`` (Raft journal, spool), ``run/`` (admin
+socket) and ``agent.log``; one shared ``DIR/cluster.secret`` (mode 0600). The first ``voters``
+nodes are Raft voters on loopback ports; the others are read-only replicas. Every file is a
+plain agent config: `hagent check-config DIR/node1/hagent.toml` accepts it and an operator can
+read it to learn what a real deployment looks like.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# AF_UNIX paths are limited to 108 bytes including the terminating NUL (sun_path); keep
+# some slack for a ".tmp" suffix a server may bind first and rename.
+MAX_SOCKET_PATH = 100
+SECRET_FILE = "cluster.secret"
+CONFIG_FILE = "hagent.toml"
+LOG_FILE = "agent.log"
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    """Where one lab agent lives and what it binds."""
+
+    name: str
+    dir: Path
+    raft_address: str   # host:port (a voter's bind; a replica's is only informative, unused)
+    status_bind: str    # host:port of the HTTP status endpoint
+    admin_socket: Path
+    voter: bool
+
+    @property
+    def config(self) -> Path:
+        return self.dir / CONFIG_FILE
+
+    @property
+    def log(self) -> Path:
+        return self.dir / LOG_FILE
+
+    @property
+    def state_dir(self) -> Path:
+        return self.dir / "state"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.dir / "run"
+
+    @property
+    def status_url(self) -> str:
+        """Base URL of the status endpoint (append /status, /health, /leader, /metrics)."""
+        return f"http://{self.status_bind}"
+
+
+def node_name(index: int) -> str:
+    """Lab node names: node1, node2, ... (1-based)."""
+    return f"node{index}"
+
+
+def admin_socket_path(lab_dir: Path, name: str) -> Path:
+    """``DIR/<name>/run/hagent.sock``, or a short path under the temp dir if that one would
+    not fit in an AF_UNIX address (the short path is derived from DIR, so it is stable)."""
+    path = Path(lab_dir) / name / "run" / "hagent.sock"
+    if len(os.fsencode(str(path))) <= MAX_SOCKET_PATH:
+        return path
+    digest = hashlib.sha256(os.fsencode(str(Path(lab_dir).resolve()))).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"hagent-lab-{digest}" / f"{name}.sock"
+
+
+def plan_nodes(lab_dir: Path, nodes: int, voters: int, raft_ports: list[int],
+               status_ports: list[int], host: str = "127.0.0.1") -> list[NodePlan]:
+    """The layout of an ``nodes``-agent lab whose first ``voters`` agents vote.
+
+    ``raft_ports`` has one port per voter, ``status_ports`` one per node.
+    """
+    check_sizes(nodes, voters)
+    if len(raft_ports) != voters or len(status_ports) != nodes:
+        raise ValueError(f"need {voters} raft ports and {nodes} status ports, got "
+                         f"{len(raft_ports)} and {len(status_ports)}")
+    lab_dir = Path(lab_dir).resolve()
+    plans = []
+    for i in range(nodes):
+        name = node_name(i + 1)
+        voter = i < voters
+        plans.append(NodePlan(
+            name=name, dir=lab_dir / name,
+            raft_address=f"{host}:{raft_ports[i]}" if voter else "",
+            status_bind=f"{host}:{status_ports[i]}",
+            admin_socket=admin_socket_path(lab_dir, name), voter=voter))
+    return plans
+
+
+def check_sizes(nodes: int, voters: int) -> None:
+    """Refuse lab sizes that cannot work, with the reason."""
+    if nodes < 1:
+        raise ValueError(f"a lab needs at least 1 node (got {nodes})")
+    if not 1 <= voters <= nodes:
+        raise ValueError(f"voters must be between 1 and the number of nodes ({nodes}), got {voters}")
+
+
+def default_voters(nodes: int) -> int:
+    """3 voters (5 from 5 nodes up would also do; 3 keeps a small lab's elections fast)."""
+    return min(nodes, 3)
+
+
+def node_config(plan: NodePlan, voter_addresses: list[str], secret: Path,
+                extra: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """The TOML document (as nested dicts) for one lab agent; ``extra`` overrides per section."""
+    doc: dict[str, dict[str, Any]] = {
+        "node": {"name": plan.name, "state_dir": str(plan.state_dir), "run_dir": str(plan.run_dir)},
+        "raft": {"voters": list(voter_addresses), "secret_file": str(secret),
+                 "bind": plan.raft_address if plan.voter else ""},
+        "admin": {"socket": str(plan.admin_socket)},
+        "status": {"bind": plan.status_bind},
+    }
+    for section, values in (extra or {}).items():
+        if not isinstance(values, dict):
+            raise ValueError(f"config override [{section}] must be a table of keys")
+        doc.setdefault(section, {}).update(values)
+    return doc
+
+
+def _toml_value(value: Any, where: str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (str, Path)):
+        return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v, where) for v in value) + "]"
+    raise ValueError(f"{where}: cannot write {type(value).__name__} to TOML")
+
+
+def render_toml(doc: dict[str, dict[str, Any]]) -> str:
+    """TOML for a document of tables of scalars and arrays (all an agent config holds)."""
+    out = ["# Written by `hagent lab`; a plain agent config (see docs/configuration.md).\n"]
+    for section, values in doc.items():
+        out.append(f"\n[{section}]\n")
+        for key, value in values.items():
+            out.append(f"{key} = {_toml_value(value, f'{section}.{key}')}\n")
+    return "".join(out)
+
+
+def write_node_files(plans: list[NodePlan], secret: Path,
+                     extra: dict[str, dict[str, Any]] | None = None) -> None:
+    """Create each node's directories and write its ``hagent.toml``."""
+    voter_addresses = [p.raft_address for p in plans if p.voter]
+    for plan in plans:
+        for d in (plan.dir, plan.state_dir, plan.run_dir, plan.admin_socket.parent):
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        text = render_toml(node_config(plan, voter_addresses, secret, extra))
+        tmp = plan.config.with_suffix(".toml.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, plan.config)
