@@ -175,12 +175,15 @@ class Notification:
     accepted: bool
     updated_at: str | None = None
     vmoves: dict[str, VMove] = field(default_factory=dict)
-    # Position in insertion order, the tie-break of sorted listings. Local bookkeeping, not
-    # replicated data: a restore renumbers it, keeping the order.
+    # Position in commit order (shown as ``id``), the tie-break of sorted listings. Not stored
+    # in snapshots: a restore renumbers in the same order, so it is equal on every replica.
     ordinal: int = field(default=0, compare=False)
 
     def record(self) -> dict[str, Any]:
         return {
+            # Masakari's integer primary key; here the position in the log, so equal on
+            # every replica and the order notifications were committed in.
+            "id": self.ordinal + 1,
             "notification_uuid": self.notification_uuid,
             "type": self.type,
             "hostname": self.hostname,
