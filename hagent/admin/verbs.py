@@ -107,14 +107,14 @@ async def members(node: AgentNode, args: dict[str, Any]) -> Any:
     return node.members()
 
 
-RAFT_KEYS = ("node", "role", "voter", "leader", "term", "commit_index", "applied_index",
-             "log_size", "voters", "ready")
+# Status keys that are not about Raft; ``raft`` shows every other key, so fields the Raft
+# shell adds later (durable index, fsync counts, ...) appear without touching this file.
+NOT_RAFT_KEYS = frozenset({"notifications", "spool_depth", "submissions_total"})
 
 
 async def raft(node: AgentNode, args: dict[str, Any]) -> Any:
     _no_unknown(args, set())
-    st = node.status()
-    return {k: st.get(k) for k in RAFT_KEYS}
+    return {k: v for k, v in node.status().items() if k not in NOT_RAFT_KEYS}
 
 
 # --- segments ---------------------------------------------------------------------------
