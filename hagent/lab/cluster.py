@@ -115,6 +115,24 @@ def tail(path: str | Path, lines: int = 20) -> str:
     return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
 
 
+def _all_threads_gone(pid: int) -> bool:
+    """A zombie's main thread has exited; its other threads (Raft, HTTP) may still run and
+    hold sockets. It is gone only once no task of it is left but the zombie leader."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return True
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in ("Z", "X"):
+            return False
+    return True
+
+
 class Lab:
     """A running (or stopped) lab in ``dir``; build it with ``up`` or ``load``."""
 
@@ -215,16 +233,26 @@ class Lab:
 
     def _process(self, node: LabNode) -> psutil.Process | None:
         """The live agent process of ``node``, or None (never a recycled pid)."""
-        proc = self._procs.get(node.name)
-        if proc is not None and proc.pid == node.pid:
-            proc.poll()  # reap our own child, so a crashed one is not a zombie
         if not node.pid:
+            return None
+        proc = self._procs.get(node.name)
+        own = proc is not None and proc.pid == node.pid
+        # Our own child: gone once waitpid reaps it, which is only after every thread exited.
+        if own and proc.poll() is not None:
             return None
         try:
             p = psutil.Process(node.pid)
-            if p.status() == psutil.STATUS_ZOMBIE or node.config not in p.cmdline():
-                return None
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return None
+        try:
+            if p.status() == psutil.STATUS_ZOMBIE:
+                # Exiting (threads still running) or exited and not reaped by its parent.
+                return None if _all_threads_gone(node.pid) else p
+            if node.config not in p.cmdline():
+                return None  # a recycled pid
             return p
+        except psutil.ZombieProcess:
+            return None if _all_threads_gone(node.pid) else p
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             return None
 
