@@ -147,7 +147,7 @@ class Lab:
     def up(cls, dir: Path | str, nodes: int = 3, voters: int | None = None, *,
            timeout: float = READY_TIMEOUT, register: bool = True,
            config_extra: dict[str, dict[str, Any]] | None = None,
-           env: dict[str, str] | None = None) -> Lab:
+           env: dict[str, str] | None = None, picker: PortPicker | None = None) -> Lab:
         """Start ``nodes`` agents (the first ``voters`` vote), wait until all are ready,
         register segment ``lab`` and one host per agent. Raises LabError (after stopping what
         it started) if the agents are not ready within ``timeout`` seconds."""
@@ -161,7 +161,7 @@ class Lab:
             from hagent.secretfile import write_secret
 
             write_secret(secret)
-        picker = PortPicker(lab_dir)
+        picker = picker or PortPicker(lab_dir)
         for attempt in range(1, UP_ATTEMPTS + 1):
             ports = picker.pick(voters + nodes)
             plans = configs.plan_nodes(lab_dir, nodes, voters, ports[:voters], ports[voters:])

@@ -214,3 +214,37 @@ def test_spooled_notification_survives_agent_crash_without_quorum(tmp_path: Path
         until("spool drained", lambda: lab.status(submitter).get("spool_depth") == 0)
     finally:
         lab.down()
+
+
+def test_up_retries_with_new_ports_after_a_collision(tmp_path: Path) -> None:
+    """Another process binds a picked port before the agent does: `up` notices and retries."""
+    import socket
+
+    from hagent.lab.ports import PortPicker
+
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+
+    class FirstPickCollides(PortPicker):
+        picks = 0
+
+        def pick(self, count: int) -> list[int]:
+            ports = super().pick(count)
+            FirstPickCollides.picks += 1
+            if FirstPickCollides.picks == 1:
+                ports[-1] = taken  # node3's status port
+            return ports
+
+    try:
+        lab = Lab.up(tmp_path / "lab", nodes=3, register=False,
+                     picker=FirstPickCollides(tmp_path / "lab"))
+        try:
+            assert FirstPickCollides.picks == 2
+            assert lab.node("node3").status_url != f"http://127.0.0.1:{taken}"
+            lab.wait_ready()
+        finally:
+            lab.down()
+    finally:
+        squatter.close()
