@@ -50,13 +50,15 @@ T = TypeVar("T")
 # --- pysyncobj settings hagent fixes (the rest come from RaftConfig) --------------------------
 
 #: Send append-entries as soon as a command is queued instead of on the next heartbeat.
-#: With batching (pysyncobj's default) every synchronous proposal waits for the 100 ms
-#: heartbeat; without it the transport still batches: everything queued while the journal
-#: syncs leaves together (docs/raft.md, throughput table).
+#: With batching (pysyncobj's default) every proposal waits for the 100 ms heartbeat
+#: (10 commits/s synchronous, p99 155 ms at 200/s); without it the transport still batches:
+#: messages held while the journal syncs are coalesced per peer (23k commits/s pipelined,
+#: p99 10 ms at 200/s; docs/raft.md).
 APPEND_ENTRIES_USE_BATCH = False
 #: Longest the tick thread sleeps in poll() when nothing happens (s). Proposals wake it at
-#: once (pysyncobj's pipe notifier), so this only bounds timer latency.
-AUTO_TICK_PERIOD = 0.01
+#: once (pysyncobj's pipe notifier), so this only bounds timer latency; pysyncobj's 0.05
+#: measured best (shorter periods burn CPU the other processes need: docs/raft.md).
+AUTO_TICK_PERIOD = 0.05
 #: Seconds between reconnection attempts to a voter that is down. pysyncobj's 5 s default
 #: would add up to 5 s to the rejoin of a restarted voter.
 CONNECTION_RETRY_TIME = 1.0
@@ -209,8 +211,9 @@ class RaftNode:
         )
         partners = [v for v in self.voters if v != self_address]
         self._voter_nodes = {v: TCPNode(v) for v in partners}
-        self._machine = _LogMachine(self, self_address, partners, conf,
-                                    self._journal if options.fsync else None)
+        # The journal goes to the transport even with fsync off: holding messages until the
+        # tick's end is also what lets it coalesce them (docs/raft.md, throughput).
+        self._machine = _LogMachine(self, self_address, partners, conf, self._journal)
         if self_address is not None:
             try:
                 self._machine.waitBinded()

@@ -139,11 +139,55 @@ class CappedConnection(TcpConnection):
 
 # --- 1. sync before send + the transport ----------------------------------------------------
 
+_AE_KEYS = frozenset({"type", "term", "commit_index", "entries", "prevLogIdx", "prevLogTerm"})
+#: Largest merged append-entries batch (bytes of commands).
+_MERGE_LIMIT = 512 * 1024
+
+
+def _coalesce(pending: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
+    """Merge the queued messages one tick produced, per destination, where Raft allows it.
+
+    With ``appendEntriesUseBatch=False`` pysyncobj sends one append-entries per proposal and
+    a follower one ack per append-entries. Held back while the journal synced, consecutive
+    ones to the same node are merged: append-entries whose entries continue each other
+    become one message (the later commit index), and successive successful acks become the
+    last one. Per-destination order is kept; nothing else is touched.
+    """
+    out: list[list] = []
+    last: dict[Any, int] = {}
+    for node, message in pending:
+        i = last.get(node)
+        if i is not None and isinstance(message, dict):
+            prev = out[i][1]
+            kind = message.get("type")
+            if kind == "append_entries" and prev.get("type") == kind \
+                    and prev.keys() == _AE_KEYS and message.keys() == _AE_KEYS \
+                    and prev["term"] == message["term"] and prev["entries"] and message["entries"] \
+                    and prev["entries"][-1][1] == message["prevLogIdx"] \
+                    and prev["entries"][-1][2] == message["prevLogTerm"] \
+                    and out[i][2] + sum(len(e[0]) for e in message["entries"]) < _MERGE_LIMIT:
+                out[i][1] = dict(prev, entries=list(prev["entries"]) + list(message["entries"]),
+                                 commit_index=message["commit_index"])
+                out[i][2] += sum(len(e[0]) for e in message["entries"])
+                continue
+            if kind == "next_node_idx" and prev.get("type") == kind and prev.get("success") \
+                    and message.get("success") and not prev.get("reset") \
+                    and not message.get("reset") \
+                    and message["next_node_idx"] >= prev["next_node_idx"]:
+                out[i][1] = message
+                continue
+        last[node] = len(out)
+        size = sum(len(e[0]) for e in message.get("entries", ())) \
+            if isinstance(message, dict) and message.get("type") == "append_entries" else 0
+        out.append([node, message, size])
+    return [(node, message) for node, message, _ in out]
+
+
 class HagentTransport(TCPTransport):
     """TCPTransport with frame caps, sync-before-send and a halt switch.
 
-    ``journal`` is the node's ``DurableJournal`` when fsync is on (None: send at once, as
-    pysyncobj does). ``halt()`` drops every later message: a node that found it cannot
+    ``journal`` is the node's ``DurableJournal`` (None: send at once, as pysyncobj does; with
+    the journal's fsync off its sync() costs nothing but messages are still coalesced). ``halt()`` drops every later message: a node that found it cannot
     continue safely (e.g. a snapshot of a newer format) must not ack anything.
     """
 
@@ -184,7 +228,7 @@ class HagentTransport(TCPTransport):
             self.syncing_flushes += 1
         if not self._pending:
             return
-        pending, self._pending = self._pending, []
+        pending, self._pending = _coalesce(self._pending), []
         for node, message in pending:
             self._send_now(node, message)
 
