@@ -234,6 +234,7 @@ def test_up_retries_with_new_ports_after_a_collision(tmp_path: Path) -> None:
             ports = super().pick(count)
             FirstPickCollides.picks += 1
             if FirstPickCollides.picks == 1:
+                self.release(ports[-1:])
                 ports[-1] = taken  # node3's status port
             return ports
 
