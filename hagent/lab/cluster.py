@@ -248,8 +248,10 @@ class Lab:
             if p.status() == psutil.STATUS_ZOMBIE:
                 # Exiting (threads still running) or exited and not reaped by its parent.
                 return None if _all_threads_gone(node.pid) else p
-            if node.config not in p.cmdline():
-                return None  # a recycled pid
+            # A pid from lab.json may have been recycled; our own live child cannot be, and
+            # between fork and exec its command line is still this process's.
+            if not own and node.config not in p.cmdline():
+                return None
             return p
         except psutil.ZombieProcess:
             return None if _all_threads_gone(node.pid) else p
