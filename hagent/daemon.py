@@ -72,6 +72,7 @@ class Agent:
         status["node"] = self.name
         status["notifications"] = self.read(lambda s: s.counts_by_status())
         status["spool_depth"] = self.submitter.pending_count()
+        status["submissions_total"] = self.submitter.submitted
         return status
 
     def members(self) -> list[dict[str, Any]]:
@@ -108,7 +109,8 @@ class Agent:
         try:
             result, error = await asyncio.wait_for(future, PROPOSE_TIMEOUT)
         except asyncio.TimeoutError:
-            return {"ok": False, "error": f"the log did not commit within {PROPOSE_TIMEOUT:g} s"}
+            return {"ok": False, "retryable": True,
+                    "error": f"the log did not commit within {PROPOSE_TIMEOUT:g} s"}
         if error is not None:
             return {"ok": False, "error": f"the log refused the command: {error}", "retryable": True}
         return result
