@@ -8,8 +8,10 @@ DEBS := python3-venv python3-dev gcc
 .PHONY: demo test bench deps clean
 
 $(STAMP): pyproject.toml
-	@if ! $(PYTHON) -m venv --help >/dev/null 2>&1 || ! command -v gcc >/dev/null 2>&1; then \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(DEBS); fi
+	@if ! command -v $(PYTHON) >/dev/null 2>&1 || ! $(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 \
+			|| ! command -v gcc >/dev/null 2>&1; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3 $(DEBS); fi
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "hagent needs Python >= 3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
