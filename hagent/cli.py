@@ -1,4 +1,5 @@
-"""`hagent`: the daemon (`run`), config checking (`check-config`) and the local lab (`lab`)."""
+"""`hagent`: the daemon (`run`), config checking (`check-config`), CURVE keys (`keygen`) and the
+local lab (`lab`)."""
 from __future__ import annotations
 
 import argparse
@@ -29,6 +30,23 @@ def _run(args: argparse.Namespace) -> int:
         return 1
 
 
+def _keygen(args: argparse.Namespace) -> int:
+    """Write a new CURVE key pair to ``--out`` (mode 0600) and print its public key."""
+    from hagent.forward.keys import write_key_pair
+    from hagent.secretfile import SecretFileError
+
+    try:
+        pair = write_key_pair(Path(args.out), overwrite=args.force)
+    except SecretFileError as exc:
+        print(f"hagent keygen: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"hagent keygen: cannot write {args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(pair.public)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hagent", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -40,6 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file; exit 1 on errors")
     check.add_argument("file")
     check.set_defaults(func=lambda a: check_config_main(a.file))
+
+    keygen = sub.add_parser(
+        "keygen", help="write this node's CURVE key pair; print its public key",
+        description="Write a new CURVE key pair to FILE (mode 0600; security.key_file) and print "
+                    "its Z85 public key, for the voters' security.allowed_keys (a non-voter) or "
+                    "every node's security.voter_keys (a voter).")
+    keygen.add_argument("--out", required=True, metavar="FILE", help="key pair file to create")
+    keygen.add_argument("--force", action="store_true",
+                        help="replace an existing file (its old public key stops working)")
+    keygen.set_defaults(func=_keygen)
 
     from hagent.lab.cli import add_lab_parser
 

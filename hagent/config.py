@@ -209,6 +209,32 @@ def voter_set(voters: list[str]) -> str | None:
     return "; ".join(problems) or None
 
 
+Z85_LENGTH = 40
+_Z85_ALPHABET = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                          ".-:+=^!/*?&<>()[]{}@%$#")
+
+
+@constraint(f"a Z85 CURVE public key ({Z85_LENGTH} characters, as `hagent keygen` prints)")
+def z85_key(value: str) -> str | None:
+    if len(value) != Z85_LENGTH:
+        return (f"{_q(value)} is not a Z85 CURVE key: {len(value)} characters, not "
+                f"{Z85_LENGTH} (copy the public key `hagent keygen` printed)")
+    bad = sorted(set(value) - _Z85_ALPHABET)
+    if bad:
+        return f"{_q(value)} is not a Z85 CURVE key: {_q(''.join(bad))} is not in the Z85 alphabet"
+    return None
+
+
+@constraint("no duplicates")
+def no_duplicates(values: list[str]) -> str | None:
+    seen: dict[str, int] = {}
+    for i, value in enumerate(values):
+        if value in seen:
+            return f"{_q(value)} is listed twice (entries {seen[value]} and {i})"
+        seen[value] = i
+    return None
+
+
 # --- the configuration ------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -306,6 +332,53 @@ class RaftConfig:
 
 
 @dataclass(frozen=True)
+class ForwardConfig:
+    """How non-voters reach the log: they keep no Raft state and send proposals, reads and
+    status requests to a voter's forward endpoint (ZeroMQ ROUTER, CURVE-encrypted, only
+    `security.allowed_keys` admitted). Each voter serves its own entry; non-voters connect
+    to all of them and use the leader, failing over to the next voter."""
+
+    endpoints: list[str] = knob(
+        [],
+        "`host:port` forward endpoints of the voters, one per `raft.voters` entry and in the "
+        "same order. A voter binds exactly its own entry (never 0.0.0.0). Empty: no "
+        "forwarding, which only a cluster without non-voters can afford.",
+        check=(no_duplicates,), item_check=(host_port,),
+        example=["10.0.0.11:7171", "10.0.0.12:7171", "10.0.0.13:7171"])
+    timeout: float = knob(
+        3.0,
+        "Seconds a non-voter waits for one voter's answer before asking the next. A commit "
+        "takes milliseconds and an election ~1 s (median); 3 s rides out most elections on "
+        "the same voter, and 3 voters x 3 s stays below `notifications.submit_timeout`.",
+        check=(positive,))
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    """CURVE keys for forwarding: this node's key pair and the public keys it trusts."""
+
+    key_file: Path = knob(
+        Path("/etc/hagent/node.key"),
+        "This node's CURVE key pair, written by `hagent keygen --out FILE` (mode 0600). "
+        "Start-up refuses a file its group or other users may read. Needed when "
+        "`forward.endpoints` is set.")
+    allowed_keys: list[str] = knob(
+        [],
+        "Z85 public keys allowed to talk to this voter's forward endpoint: the allow-list, "
+        "one key per non-voter (`hagent keygen` prints it). Any other key is refused during "
+        "the handshake; remove a key to lock its node out. Ignored on non-voters.",
+        check=(no_duplicates,), item_check=(z85_key,),
+        example=["?^hp}TB@SZW4PO4o@#gJ*>601B]Zjp8]lWSc*AMm", "[d@y&4jL![?ZCz/xBM>kh:Q6/1854yv=IBx{SurV"])
+    voter_keys: list[str] = knob(
+        [],
+        "Z85 public keys of the voters, one per `raft.voters` entry and in the same order: a "
+        "non-voter only talks to a forward endpoint that proves it holds that voter's key.",
+        item_check=(z85_key,),
+        example=["6Dh>1]T/*wB24WZW*]UGy){}I0ML[F{%IDv)4%1<", "NkIz@ym?%?57[]mjkC-LpcX)Kw.9fk(t-9kn#&mT",
+                 "9zIE&8ZG4B.Q41A].]iPLrm5WLAjM}u=GwFLMNai"])
+
+
+@dataclass(frozen=True)
 class AdminConfig:
     """The admin socket `hagentctl` uses."""
 
@@ -360,10 +433,47 @@ class LoggingConfig:
     level: str = knob("INFO", "Log level (DEBUG, INFO, WARNING, ERROR).", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
 
+def _endpoints_per_voter(forward: ForwardConfig, raft: RaftConfig) -> str | None:
+    if not forward.endpoints or len(forward.endpoints) == len(raft.voters):
+        return None
+    return (f"endpoints has {len(forward.endpoints)} entries but raft.voters has "
+            f"{len(raft.voters)}: give one forward endpoint per voter, in the same order")
+
+
+def _keys_per_voter(security: SecurityConfig, raft: RaftConfig) -> str | None:
+    if not security.voter_keys or len(security.voter_keys) == len(raft.voters):
+        return None
+    return (f"voter_keys has {len(security.voter_keys)} entries but raft.voters has "
+            f"{len(raft.voters)}: give one public key per voter, in the same order")
+
+
+def _non_voter_can_forward(forward: ForwardConfig, security: SecurityConfig,
+                           raft: RaftConfig) -> str | None:
+    if raft.bind and raft.bind in raft.voters:
+        return None
+    missing = [name for name, value in (("forward.endpoints", forward.endpoints),
+                                        ("security.voter_keys", security.voter_keys)) if not value]
+    if not missing:
+        return None
+    return (f"this node is a non-voter (raft.bind is empty) and keeps no Raft state: it reaches "
+            f"the log only through the voters' forward endpoints, so set {' and '.join(missing)}")
+
+
 @dataclass(frozen=True)
 class Config:
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(("forward", "raft"), _endpoints_per_voter,
+             "`forward.endpoints` is empty or has one entry per `raft.voters` entry"),
+        Rule(("security", "raft"), _keys_per_voter,
+             "`security.voter_keys` is empty or has one entry per `raft.voters` entry"),
+        Rule(("forward", "security", "raft"), _non_voter_can_forward,
+             "a non-voter (empty `raft.bind`) has `forward.endpoints` and `security.voter_keys`"),
+    )
+
     node: NodeConfig
     raft: RaftConfig
+    forward: ForwardConfig = field(default_factory=ForwardConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     status: StatusConfig = field(default_factory=StatusConfig)
     notifications: NotificationConfig = field(default_factory=NotificationConfig)
@@ -372,6 +482,18 @@ class Config:
     @property
     def is_voter(self) -> bool:
         return bool(self.raft.bind) and self.raft.bind in self.raft.voters
+
+    @property
+    def forwarding(self) -> bool:
+        """Whether forwarding is configured (voters serve it, non-voters use it)."""
+        return bool(self.forward.endpoints)
+
+    @property
+    def forward_bind(self) -> str:
+        """This voter's own forward endpoint ('' on a non-voter or without forwarding)."""
+        if not self.is_voter or not self.forwarding:
+            return ""
+        return self.forward.endpoints[self.raft.voters.index(self.raft.bind)]
 
 
 class ConfigError(Exception):
@@ -621,8 +743,9 @@ def check_config_main(path: str, *, check_secret: bool = True) -> int:
     """Print every problem in config ``path`` (each prefixed with the path) or ``PATH: ok``.
 
     Returns the exit status: 1 if the agent would refuse to start, else 0. With
-    ``check_secret`` the Raft secret file is read too (as start-up does), so a wrong mode
-    is caught before a restart.
+    ``check_secret`` the files start-up reads are read too, so a wrong mode is caught
+    before a restart: the Raft secret on a voter (non-voters never hold it) and the CURVE
+    key file when forwarding is configured.
     """
     try:
         config = load_config(Path(path))
@@ -633,10 +756,22 @@ def check_config_main(path: str, *, check_secret: bool = True) -> int:
     if check_secret:
         from hagent.secretfile import SecretFileError, read_secret
 
-        try:
-            read_secret(config.raft.secret_file)
-        except SecretFileError as exc:
-            print(f"{path}: raft.secret_file: {exc}", file=sys.stderr)
+        problems = []
+        if config.is_voter:
+            try:
+                read_secret(config.raft.secret_file)
+            except SecretFileError as exc:
+                problems.append(f"raft.secret_file: {exc}")
+        if config.forwarding:
+            from hagent.forward.keys import read_key_pair
+
+            try:
+                read_key_pair(config.security.key_file)
+            except SecretFileError as exc:
+                problems.append(f"security.key_file: {exc}")
+        if problems:
+            for problem in problems:
+                print(f"{path}: {problem}", file=sys.stderr)
             return 1
     print(f"{path}: ok")
     return 0

@@ -90,6 +90,10 @@ def render() -> str:
             out += ["", "Also checked:", ""]
             out += [f"- {rule.doc}" for rule in rules]
         out.append("")
+    if getattr(cfg.Config, "rules", ()):
+        out += ["## Checked across tables", ""]
+        out += [f"- {rule.doc}" for rule in cfg.Config.rules]
+        out.append("")
     return "\n".join(out)
 
 

@@ -1,8 +1,16 @@
-"""The agent daemon: wires config, the Raft node, the submitter, the admin socket and the
+"""The agent daemon: wires config, the node's backend, the submitter, the admin socket and the
 status endpoint together, and speaks the systemd notify protocol.
 
-The asyncio loop owns everything but Raft; pysyncobj runs in its own autoTick thread and
-its callbacks come back to the loop with ``call_soon_threadsafe``.
+The backend is what kind of node this is:
+
+- a **voter** (``hagent.agent_voter``) runs a RaftNode (pysyncobj, in its own thread) and the
+  forward server through which non-voters propose and read;
+- a **non-voter** (``hagent.agent_replica``) keeps no Raft state and holds no Raft secret: it
+  forwards proposals and reads to the voters over CURVE-secured ZeroMQ (docs/nonvoters.md).
+
+Everything else (spool, submitter, admin socket, status endpoint, metrics) is the same on
+both and talks to the backend only through ``Agent``, which implements
+``hagent.node_api.AgentNode``.
 """
 from __future__ import annotations
 
@@ -10,28 +18,23 @@ import asyncio
 import logging
 import signal
 import time
-from typing import Any, Callable, TypeVar
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from consensus.raft import RaftNode
-from consensus.state import ClusterState
 from hagent import sdnotify
 from hagent.admin.server import AdminServer
+from hagent.agent_replica import ReplicaBackend
+from hagent.agent_voter import VoterBackend
 from hagent.config import Config
+from hagent.forward.metrics import register_forward_metrics
 from hagent.metrics import register_agent_metrics
-from hagent.secretfile import read_secret
 from hagent.spool import Spool
 from hagent.status_http import StatusServer
 from hagent.submitter import Submitter
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
-# How long a proposal may wait for the log before the caller is told it failed. Longer
-# than a leader election (~1-3.5 s measured) so a failover is absorbed, short enough that
-# an operator at hagentctl is not left hanging.
-PROPOSE_TIMEOUT = 8.0
 # How often the daemon re-checks whether it has joined the log while starting.
 JOIN_POLL = 0.05
 
@@ -43,19 +46,10 @@ class Agent:
         self.config = config
         self.name = config.node.name
         self.registry = CollectorRegistry()
-        self._loop: asyncio.AbstractEventLoop | None = None
         state_dir = config.node.state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
-        self.state = ClusterState(duplicate_interval=config.notifications.duplicate_interval)
-        self.raft = RaftNode(
-            self_address=config.raft.bind if config.is_voter else None,
-            voters=list(config.raft.voters),
-            state_dir=state_dir / "raft",
-            password=read_secret(config.raft.secret_file),
-            options=config.raft,
-            state=self.state,
-            node_name=self.name,
-        )
+        backend_class = VoterBackend if config.is_voter else ReplicaBackend
+        self.backend: VoterBackend | ReplicaBackend = backend_class(config, self.name)
         self.spool = Spool(state_dir / "spool")
         self.submitter = Submitter(
             propose=self.propose,
@@ -65,68 +59,37 @@ class Agent:
             submit_timeout=config.notifications.submit_timeout,
         )
         register_agent_metrics(self)
+        register_forward_metrics(self)
 
     # --- AgentNode -------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        status = self.raft.status()
+        status = self.backend.status()
         status["node"] = self.name
-        status["notifications"] = self.read(lambda s: s.counts_by_status())
         status["spool_depth"] = self.submitter.pending_count()
-        status["submissions_total"] = self.submitter.submitted
         return status
 
     def members(self) -> list[dict[str, Any]]:
-        status = self.raft.status()
-        return [
-            {"raft_address": v["address"], "voter": True, "reachable": v["reachable"],
-             "self": v["address"] == status.get("self_address")}
-            for v in status["voters"]
-        ]
+        return self.backend.members()
 
     def is_leader(self) -> bool:
-        return self.raft.status()["role"] == "leader"
+        return self.backend.is_leader()
 
     def health(self) -> tuple[bool, str]:
-        status = self.raft.status()
-        if not status["ready"]:
-            return False, "not joined: no leader known or not caught up"
-        lag = status["commit_index"] - status["applied_index"]
-        if lag > self.config.status.max_lag:
-            return False, f"applied index {lag} entries behind commit (max {self.config.status.max_lag})"
-        return True, f"leader {status['leader']}, lag {lag}"
+        return self.backend.health(self.config.status.max_lag)
 
-    def read(self, fn: Callable[[ClusterState], T]) -> T:
-        return self.raft.read(fn)
+    async def query(self, name: str, **kwargs: Any) -> Any:
+        return await self.backend.query_async(name, kwargs)
 
     async def propose(self, command: dict[str, Any]) -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future = loop.create_future()
-
-        def done(result: dict | None, error: str | None) -> None:
-            loop.call_soon_threadsafe(_resolve, future, result, error)
-
-        self.raft.propose({"at": time.time(), **command}, done)
-        try:
-            result, error = await asyncio.wait_for(future, PROPOSE_TIMEOUT)
-        except asyncio.TimeoutError:
-            return {"ok": False, "retryable": True,
-                    "error": f"the log did not commit within {PROPOSE_TIMEOUT:g} s"}
-        if error is not None:
-            return {"ok": False, "error": f"the log refused the command: {error}", "retryable": True}
-        return result
+        return await self.backend.propose({"at": time.time(), **command})
 
     async def submit_notification(self, fields: dict[str, Any]) -> dict[str, Any]:
         return await self.submitter.submit(fields)
 
 
-def _resolve(future: asyncio.Future, result: dict | None, error: str | None) -> None:
-    if not future.done():
-        future.set_result((result, error))
-
-
-async def _wait_joined(agent: Agent, stop: asyncio.Event) -> bool:
+async def _wait_ready(agent: Agent, stop: asyncio.Event) -> bool:
     while not stop.is_set():
-        if agent.raft.status()["ready"]:
+        if agent.backend.ready():
             return True
         try:
             await asyncio.wait_for(stop.wait(), JOIN_POLL)
@@ -151,20 +114,25 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
     admin = AdminServer(agent, config.admin)
     status_server = StatusServer(agent, config.status.bind)
     tasks: list[asyncio.Task] = []
+    started = False
     try:
+        await agent.backend.start()
+        started = True
         await admin.start()
         status_server.start()
         await agent.submitter.start()
         interval = sdnotify.watchdog_interval()
         if interval:
             tasks.append(asyncio.create_task(_watchdog_pings(interval / 2)))
-        log.info("started: %s, raft %s, admin %s, status http://%s",
-                 "voter" if config.is_voter else "replica",
-                 config.raft.bind or "(replica)", config.admin.socket, config.status.bind)
-        if await _wait_joined(agent, stop):
+        log.info("started: %s, raft %s, forward %s, admin %s, status http://%s",
+                 agent.backend.kind, config.raft.bind or "(none: non-voter)",
+                 config.forward_bind or ("client" if not config.is_voter else "off"),
+                 config.admin.socket, config.status.bind)
+        if await _wait_ready(agent, stop):
+            leader = agent.status()["leader"]
             sdnotify.ready()
-            sdnotify.status(f"joined; leader {agent.raft.status()['leader']}")
-            log.info("joined the log; leader %s", agent.raft.status()["leader"])
+            sdnotify.status(f"joined; leader {leader}")
+            log.info("joined the log; leader %s", leader)
         await stop.wait()
         log.info("stopping")
         sdnotify.stopping()
@@ -174,5 +142,8 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
         await agent.submitter.stop()
         await admin.stop()
         status_server.stop()
-        agent.raft.close()
+        if started:
+            await agent.backend.stop()
+        elif isinstance(agent.backend, VoterBackend):
+            agent.backend.raft.close()
     return 0

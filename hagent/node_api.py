@@ -5,11 +5,14 @@ this protocol, so they are tested against a small in-test node without a cluster
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol, TypeVar
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
-T = TypeVar("T")
+
+class Unavailable(Exception):
+    """The node could not read the replicated state right now (a non-voter whose voters
+    did not answer); ``str()`` says why. The admin socket shows it as a refusal."""
 
 
 class AgentNode(Protocol):
@@ -23,6 +26,11 @@ class AgentNode(Protocol):
         (raft address or None), term, commit_index, applied_index, log_size,
         voters (list of {address, reachable}), notifications (counts by status),
         ready (bool: joined the log and caught up).
+
+        A non-voter (role ``replica``) keeps no Raft state: it serves a copy of the status
+        of the voter it talks to (refreshed every ~0.5 s; log_size None), plus
+        ``forward_voter`` (that voter's Raft address) and ``voter_answer_age`` (seconds since
+        it answered); ``ready`` only while a voter that knows a leader answered recently.
         """
 
     def members(self) -> list[dict[str, Any]]:
@@ -33,8 +41,13 @@ class AgentNode(Protocol):
     def health(self) -> tuple[bool, str]:
         """(healthy, reason): applied index within status.max_lag of the leader's commit."""
 
-    def read(self, fn: Callable[[Any], T]) -> T:
-        """Run ``fn(state)`` on the local replica's ClusterState under its lock."""
+    async def query(self, name: str, **kwargs: Any) -> Any:
+        """The read-only ClusterState query ``name(**kwargs)`` (names: hagent.queries).
+
+        A voter answers from its own state; a non-voter asks a voter. Raises
+        consensus.queries.QueryError for an unknown name or bad arguments, Unavailable when
+        no voter answered.
+        """
 
     async def propose(self, command: dict[str, Any]) -> dict[str, Any]:
         """Commit ``command`` through the log (``at`` is filled in if absent).

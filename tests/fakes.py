@@ -15,6 +15,8 @@ from typing import Any, Callable, TypeVar
 from prometheus_client import CollectorRegistry
 
 from consensus.state import ClusterState
+from hagent.node_api import Unavailable
+from hagent.queries import run_query
 
 T = TypeVar("T")
 
@@ -34,6 +36,8 @@ class FakeNode:
         self.health_reason = "leader 127.0.0.1:7101, lag 0" if healthy else "not joined: no leader known"
         # When set, propose answers {"ok": False, "error": refuse_log} (no quorum, say).
         self.refuse_log: str | None = None
+        # When set, query raises Unavailable with this text (a non-voter whose voters are gone).
+        self.unavailable: str | None = None
         # When False, submit_notification answers as after the submit timeout.
         self.commit_submissions = True
         self.proposed: list[dict[str, Any]] = []  # commands as proposed (before "at")
@@ -72,7 +76,14 @@ class FakeNode:
     def health(self) -> tuple[bool, str]:
         return self.healthy, self.health_reason
 
+    async def query(self, name: str, **kwargs: Any) -> Any:
+        if self.unavailable is not None:
+            raise Unavailable(self.unavailable)
+        with self._lock:
+            return run_query(self.state, name, kwargs)
+
     def read(self, fn: Callable[[ClusterState], T]) -> T:
+        """Test helper (not AgentNode): inspect the state directly."""
         with self._lock:
             return fn(self.state)
 

@@ -1,8 +1,8 @@
-"""What each admin verb does: reads go to the local replica, writes through the log.
+"""What each admin verb does: reads are named queries, writes go through the log.
 
 A verb is an ``async (node, args) -> result`` function. It checks its arguments,
-then either reads the local ``ClusterState`` under the node's lock
-(``node.read``) or turns the request into one of the replicated commands of
+then either runs a named read-only query (``node.query``: a voter reads its own
+state, a non-voter asks a voter) or turns the request into one of the replicated commands of
 ``docs/architecture.md`` and proposes it (``node.propose``). Anything the operator
 can fix (a missing argument, an unknown segment, a refused command) raises
 ``VerbError`` with a message saying so; the server turns it into
@@ -18,7 +18,7 @@ import uuid
 from typing import Any, Awaitable, Callable
 
 from consensus.queries import QueryError
-from hagent.node_api import AgentNode
+from hagent.node_api import AgentNode, Unavailable
 
 Verb = Callable[[AgentNode, dict[str, Any]], Awaitable[Any]]
 
@@ -71,12 +71,14 @@ def _list_args(args: dict[str, Any]) -> dict[str, Any]:
             "sort_dir": sort_dir, "limit": limit, "marker": _arg(args, "marker", str, None)}
 
 
-def _query(node: AgentNode, fn: Callable[[Any], Any]) -> Any:
-    """Run a read on the local replica; a bad query argument becomes a VerbError."""
+async def _query(node: AgentNode, name: str, **kwargs: Any) -> Any:
+    """Run a named query; a bad argument or an unreachable state becomes a VerbError."""
     try:
-        return node.read(fn)
+        return await node.query(name, **kwargs)
     except QueryError as exc:
         raise VerbError(str(exc)) from None
+    except Unavailable as exc:
+        raise VerbError(f"cannot read the cluster state: {exc}") from None
 
 
 def _committed(answer: dict[str, Any]) -> Any:
@@ -125,14 +127,13 @@ _SEGMENT_FIELDS = {"name": str, "description": str, "recovery_method": str, "ser
 async def segment_list(node: AgentNode, args: dict[str, Any]) -> Any:
     _no_unknown(args, _LIST_ARGS)
     q = _list_args(args)
-    return _query(node, lambda s: s.list_segments(q["filters"], q["sort_key"], q["sort_dir"],
-                                               q["limit"], q["marker"]))
+    return await _query(node, "list_segments", **q)
 
 
 async def segment_show(node: AgentNode, args: dict[str, Any]) -> Any:
     _no_unknown(args, {"segment"})
     key = _arg(args, "segment")
-    return _found(_query(node, lambda s: s.get_segment(key)), "segment", key)
+    return _found(await _query(node, "get_segment", ref=key), "segment", key)
 
 
 async def segment_create(node: AgentNode, args: dict[str, Any]) -> Any:
@@ -166,15 +167,14 @@ async def host_list(node: AgentNode, args: dict[str, Any]) -> Any:
     _no_unknown(args, {"segment"} | _LIST_ARGS)
     segment = _arg(args, "segment", str, None)
     q = _list_args(args)
-    return _query(node, lambda s: s.list_hosts(segment, q["filters"], q["sort_key"], q["sort_dir"],
-                                            q["limit"], q["marker"]))
+    return await _query(node, "list_hosts", segment=segment, **q)
 
 
 async def host_show(node: AgentNode, args: dict[str, Any]) -> Any:
     _no_unknown(args, {"segment", "host"})
     key = _arg(args, "host")
     segment = _arg(args, "segment", str, None)
-    return _found(_query(node, lambda s: s.get_host(key, segment)), "host", key)
+    return _found(await _query(node, "get_host", ref=key, segment=segment), "host", key)
 
 
 async def host_create(node: AgentNode, args: dict[str, Any]) -> Any:
@@ -211,14 +211,13 @@ async def host_delete(node: AgentNode, args: dict[str, Any]) -> Any:
 async def notification_list(node: AgentNode, args: dict[str, Any]) -> Any:
     _no_unknown(args, _LIST_ARGS)
     q = _list_args(args)
-    return _query(node, lambda s: s.list_notifications(q["filters"], q["sort_key"], q["sort_dir"],
-                                                    q["limit"], q["marker"]))
+    return await _query(node, "list_notifications", **q)
 
 
 async def notification_show(node: AgentNode, args: dict[str, Any]) -> Any:
     _no_unknown(args, {"notification_uuid"})
     key = _arg(args, "notification_uuid")
-    return _found(_query(node, lambda s: s.get_notification(key)), "notification", key)
+    return _found(await _query(node, "get_notification", notification_uuid=key), "notification", key)
 
 
 async def notification_create(node: AgentNode, args: dict[str, Any]) -> Any:

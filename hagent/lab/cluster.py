@@ -69,12 +69,14 @@ class LabNode:
     config: str
     raft_address: str = ""
     log: str = ""
+    forward_address: str = ""  # a voter's forward endpoint (non-voters connect to it)
 
     @classmethod
     def from_plan(cls, plan: configs.NodePlan) -> LabNode:
         return cls(name=plan.name, pid=None, admin_socket=str(plan.admin_socket),
                    status_url=plan.status_url, voter=plan.voter, config=str(plan.config),
-                   raft_address=plan.raft_address, log=str(plan.log))
+                   raft_address=plan.raft_address, log=str(plan.log),
+                   forward_address=plan.forward_address)
 
 
 def admin_call(socket_path: str | Path, verb: str, args: dict[str, Any] | None = None,
@@ -163,8 +165,9 @@ class Lab:
             write_secret(secret)
         picker = picker or PortPicker(lab_dir)
         for attempt in range(1, UP_ATTEMPTS + 1):
-            ports = picker.pick(voters + nodes)
-            plans = configs.plan_nodes(lab_dir, nodes, voters, ports[:voters], ports[voters:])
+            ports = picker.pick(2 * voters + nodes)
+            plans = configs.plan_nodes(lab_dir, nodes, voters, ports[:voters], ports[2 * voters:],
+                                       forward_ports=ports[voters:2 * voters])
             configs.write_node_files(plans, secret, config_extra)
             lab = cls(lab_dir, [LabNode.from_plan(p) for p in plans])
             lab._env = env
@@ -351,7 +354,7 @@ class Lab:
         self._stop(self.names, timeout)
         ports = []
         for node in self.nodes:
-            for addr in (node.raft_address, node.status_url.rsplit("/", 1)[-1]):
+            for addr in (node.raft_address, node.forward_address, node.status_url.rsplit("/", 1)[-1]):
                 if addr and ":" in addr:
                     ports.append(int(addr.rsplit(":", 1)[1]))
         PortPicker(self.dir).release(ports)
@@ -495,6 +498,8 @@ class Lab:
         for node in self.nodes:
             if node.raft_address:
                 wanted[int(node.raft_address.rsplit(":", 1)[1])] = f"{node.name} raft"
+            if node.forward_address:
+                wanted[int(node.forward_address.rsplit(":", 1)[1])] = f"{node.name} forward"
             wanted[int(node.status_url.rsplit(":", 1)[1])] = f"{node.name} status"
         try:
             conns = psutil.net_connections(kind="tcp")

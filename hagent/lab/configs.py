@@ -1,8 +1,11 @@
 """The lab's on-disk layout and the agent config files it writes.
 
-Per node ``DIR/<name>/``: ``hagent.toml``, ``state/`` (Raft journal, spool), ``run/`` (admin
-socket) and ``agent.log``; one shared ``DIR/cluster.secret`` (mode 0600). The first ``voters``
-nodes are Raft voters on loopback ports; the others are read-only replicas. Every file is a
+Per node ``DIR/<name>/``: ``hagent.toml``, ``node.key`` (its CURVE key pair, mode 0600),
+``state/`` (Raft journal, spool), ``run/`` (admin socket) and ``agent.log``; one shared
+``DIR/cluster.secret`` (mode 0600) that only the voters' configs name. The first ``voters``
+nodes are Raft voters on loopback ports, each with a forward endpoint; the others are
+non-voters that keep no Raft state and forward to the voters (every node's public key is in
+``security.allowed_keys``, the voters' in ``security.voter_keys``). Every file is a
 plain agent config: `hagent check-config DIR/node1/hagent.toml` accepts it and an operator can
 read it to learn what a real deployment looks like.
 """
@@ -22,6 +25,7 @@ MAX_SOCKET_PATH = 100
 SECRET_FILE = "cluster.secret"
 CONFIG_FILE = "hagent.toml"
 LOG_FILE = "agent.log"
+KEY_FILE = "node.key"
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,11 @@ class NodePlan:
     status_bind: str    # host:port of the HTTP status endpoint
     admin_socket: Path
     voter: bool
+    forward_address: str = ""  # host:port of a voter's forward endpoint; "" on a non-voter
+
+    @property
+    def key_file(self) -> Path:
+        return self.dir / KEY_FILE
 
     @property
     def config(self) -> Path:
@@ -73,15 +82,16 @@ def admin_socket_path(lab_dir: Path, name: str) -> Path:
 
 
 def plan_nodes(lab_dir: Path, nodes: int, voters: int, raft_ports: list[int],
-               status_ports: list[int], host: str = "127.0.0.1") -> list[NodePlan]:
+               status_ports: list[int], host: str = "127.0.0.1", *,
+               forward_ports: list[int]) -> list[NodePlan]:
     """The layout of an ``nodes``-agent lab whose first ``voters`` agents vote.
 
-    ``raft_ports`` has one port per voter, ``status_ports`` one per node.
+    ``raft_ports`` and ``forward_ports`` have one port per voter, ``status_ports`` one per node.
     """
     check_sizes(nodes, voters)
-    if len(raft_ports) != voters or len(status_ports) != nodes:
-        raise ValueError(f"need {voters} raft ports and {nodes} status ports, got "
-                         f"{len(raft_ports)} and {len(status_ports)}")
+    if len(raft_ports) != voters or len(forward_ports) != voters or len(status_ports) != nodes:
+        raise ValueError(f"need {voters} raft ports, {voters} forward ports and {nodes} status "
+                         f"ports, got {len(raft_ports)}, {len(forward_ports)} and {len(status_ports)}")
     lab_dir = Path(lab_dir).resolve()
     plans = []
     for i in range(nodes):
@@ -91,7 +101,8 @@ def plan_nodes(lab_dir: Path, nodes: int, voters: int, raft_ports: list[int],
             name=name, dir=lab_dir / name,
             raft_address=f"{host}:{raft_ports[i]}" if voter else "",
             status_bind=f"{host}:{status_ports[i]}",
-            admin_socket=admin_socket_path(lab_dir, name), voter=voter))
+            admin_socket=admin_socket_path(lab_dir, name), voter=voter,
+            forward_address=f"{host}:{forward_ports[i]}" if voter else ""))
     return plans
 
 
@@ -109,12 +120,25 @@ def default_voters(nodes: int) -> int:
 
 
 def node_config(plan: NodePlan, voter_addresses: list[str], secret: Path,
-                extra: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
-    """The TOML document (as nested dicts) for one lab agent; ``extra`` overrides per section."""
+                extra: dict[str, dict[str, Any]] | None = None, *,
+                forward_endpoints: list[str], public_keys: dict[str, str],
+                voter_keys: list[str]) -> dict[str, dict[str, Any]]:
+    """The TOML document (as nested dicts) for one lab agent; ``extra`` overrides per section.
+
+    ``public_keys`` maps every node's name to its Z85 public key (all go into the voters'
+    allow-list); ``voter_keys`` are the voters' keys in ``voter_addresses`` order. Only a
+    voter's config names the Raft secret.
+    """
+    raft: dict[str, Any] = {"voters": list(voter_addresses)}
+    if plan.voter:
+        raft.update(secret_file=str(secret), bind=plan.raft_address)
     doc: dict[str, dict[str, Any]] = {
         "node": {"name": plan.name, "state_dir": str(plan.state_dir), "run_dir": str(plan.run_dir)},
-        "raft": {"voters": list(voter_addresses), "secret_file": str(secret),
-                 "bind": plan.raft_address if plan.voter else ""},
+        "raft": raft,
+        "forward": {"endpoints": list(forward_endpoints)},
+        "security": {"key_file": str(plan.key_file),
+                     "allowed_keys": [public_keys[n] for n in sorted(public_keys)] if plan.voter else [],
+                     "voter_keys": list(voter_keys)},
         "admin": {"socket": str(plan.admin_socket)},
         "status": {"bind": plan.status_bind},
     }
@@ -149,12 +173,22 @@ def render_toml(doc: dict[str, dict[str, Any]]) -> str:
 
 def write_node_files(plans: list[NodePlan], secret: Path,
                      extra: dict[str, dict[str, Any]] | None = None) -> None:
-    """Create each node's directories and write its ``hagent.toml``."""
+    """Create each node's directories, write its CURVE key pair (a new one each time) and its
+    ``hagent.toml``."""
+    from hagent.forward.keys import write_key_pair
+
     voter_addresses = [p.raft_address for p in plans if p.voter]
+    forward_endpoints = [p.forward_address for p in plans if p.voter]
+    public_keys = {}
     for plan in plans:
         for d in (plan.dir, plan.state_dir, plan.run_dir, plan.admin_socket.parent):
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        text = render_toml(node_config(plan, voter_addresses, secret, extra))
+        public_keys[plan.name] = write_key_pair(plan.key_file, overwrite=True).public
+    voter_keys = [public_keys[p.name] for p in plans if p.voter]
+    for plan in plans:
+        text = render_toml(node_config(plan, voter_addresses, secret, extra,
+                                       forward_endpoints=forward_endpoints,
+                                       public_keys=public_keys, voter_keys=voter_keys))
         tmp = plan.config.with_suffix(".toml.tmp")
         tmp.write_text(text)
         os.replace(tmp, plan.config)

@@ -16,7 +16,12 @@ from hagent.config import (
 )
 
 VOTERS = '["10.0.0.1:7170", "10.0.0.2:7170", "10.0.0.3:7170"]'
-MINIMAL = f'[node]\nname = "compute-01"\n[raft]\nvoters = {VOTERS}\n'
+KEYS = '["6Dh>1]T/*wB24WZW*]UGy){}I0ML[F{%IDv)4%1<", "NkIz@ym?%?57[]mjkC-LpcX)Kw.9fk(t-9kn#&mT", "9zIE&8ZG4B.Q41A].]iPLrm5WLAjM}u=GwFLMNai"]'
+# A non-voter needs the voters' forward endpoints and keys; these come after [raft] so tests
+# may append raft keys to MINIMAL.
+FORWARD = (f'[forward]\nendpoints = ["10.0.0.1:7171", "10.0.0.2:7171", "10.0.0.3:7171"]\n'
+           f'[security]\nvoter_keys = {KEYS}\n')
+MINIMAL = f'{FORWARD}[node]\nname = "compute-01"\n[raft]\nvoters = {VOTERS}\n'
 
 
 def errors_of(text: str) -> list[str]:
@@ -79,7 +84,7 @@ def test_unknown_key_and_table_with_suggestion():
 
 
 def test_section_that_is_not_a_table():
-    assert errors_of(f'node = "x"\n[raft]\nvoters = {VOTERS}\n') == [
+    assert errors_of(f'node = "x"\n[raft]\nvoters = {VOTERS}\n{FORWARD}') == [
         'node: expected a table ([node]), got string "x"']
 
 
@@ -124,7 +129,8 @@ def test_voter_count_must_be_3_or_5_and_says_why(count):
 
 def test_five_voters_are_fine():
     voters = ", ".join(f'"h{i}.example.com:7170"' for i in range(5))
-    assert len(loads_config(f'[node]\nname = "a"\n[raft]\nvoters = [{voters}]\n').raft.voters) == 5
+    text = f'[node]\nname = "a"\n[raft]\nvoters = [{voters}]\nbind = "h0.example.com:7170"\n'
+    assert len(loads_config(text).raft.voters) == 5
 
 
 def test_duplicate_voters():
@@ -252,13 +258,30 @@ def test_dump_config_round_trips(tmp_path):
 
 
 def test_check_config_main_ok(tmp_path, capsys):
+    from hagent.forward.keys import write_key_pair
+
     secret = tmp_path / "cluster.secret"
     secret.write_text("s3cret\n")
     secret.chmod(0o600)
+    write_key_pair(tmp_path / "node.key")
     path = tmp_path / "hagent.toml"
-    path.write_text(MINIMAL.replace("[raft]", f'[raft]\nsecret_file = "{secret}"'))
+    path.write_text(MINIMAL.replace("[raft]", f'[raft]\nsecret_file = "{secret}"\nbind = "10.0.0.1:7170"')
+                    .replace("[security]", '[security]\nkey_file = "node.key"'))
     assert check_config_main(str(path)) == 0
     assert capsys.readouterr().out == f"{path}: ok\n"
+
+
+def test_check_config_main_on_a_non_voter_checks_the_key_file_not_the_secret(tmp_path, capsys):
+    from hagent.forward.keys import write_key_pair
+
+    write_key_pair(tmp_path / "node.key").public
+    path = tmp_path / "hagent.toml"
+    path.write_text(MINIMAL.replace("[security]", '[security]\nkey_file = "node.key"'))
+    assert check_config_main(str(path)) == 0  # no cluster.secret anywhere: not needed
+    (tmp_path / "node.key").chmod(0o640)
+    assert check_config_main(str(path)) == 1
+    err = capsys.readouterr().err
+    assert f"{path}: security.key_file: {tmp_path / 'node.key'}: key file has mode 0640" in err
 
 
 def test_check_config_main_prints_each_error(tmp_path, capsys):
@@ -278,7 +301,7 @@ def test_check_config_main_checks_the_secret_mode(tmp_path, capsys):
     secret.write_text("s3cret\n")
     secret.chmod(0o644)
     path = tmp_path / "hagent.toml"
-    path.write_text(MINIMAL.replace("[raft]", '[raft]\nsecret_file = "cluster.secret"'))
+    path.write_text(VOTER.replace("[raft]", '[raft]\nsecret_file = "cluster.secret"'))
     assert check_config_main(str(path)) == 1
     err = capsys.readouterr().err
     assert f"{path}: raft.secret_file: {secret}" in err and f"chmod 600 {secret}" in err
@@ -299,3 +322,49 @@ def test_bind_compared_exactly_so_is_voter_agrees():
 
 def test_top_level_key_outside_any_table():
     assert 'name: unknown key' in errors_of('name = "x"\n' + MINIMAL)
+
+
+# --- forwarding and keys ------------------------------------------------------------------
+VOTER = f'[node]\nname = "v1"\n[raft]\nvoters = {VOTERS}\nbind = "10.0.0.1:7170"\n'
+
+
+def test_a_non_voter_needs_forward_endpoints_and_voter_keys():
+    (error,) = errors_of(f'[node]\nname = "a"\n[raft]\nvoters = {VOTERS}\n')
+    assert error.startswith("forward: this node is a non-voter")
+    assert "set forward.endpoints and security.voter_keys" in error
+    config = loads_config(MINIMAL)
+    assert not config.is_voter and config.forwarding and config.forward_bind == ""
+    assert config.forward.timeout == 3.0
+
+
+def test_a_voter_binds_its_own_forward_endpoint():
+    config = loads_config(FORWARD + VOTER.replace('"10.0.0.1:7170"\n', '"10.0.0.2:7170"\n'))
+    assert config.is_voter and config.forward_bind == "10.0.0.2:7171"
+    assert loads_config(VOTER).forward_bind == ""  # a voter without forwarding serves none
+
+
+def test_forward_lists_have_one_entry_per_voter():
+    text = (VOTER + '[forward]\nendpoints = ["10.0.0.1:7171", "10.0.0.2:7171"]\n'
+            '[security]\nvoter_keys = ["6Dh>1]T/*wB24WZW*]UGy){}I0ML[F{%IDv)4%1<"]\n')
+    errors = errors_of(text)
+    assert errors == [
+        "forward: endpoints has 2 entries but raft.voters has 3: give one forward endpoint "
+        "per voter, in the same order",
+        "security: voter_keys has 1 entries but raft.voters has 3: give one public key per "
+        "voter, in the same order"]
+
+
+@pytest.mark.parametrize("key, reason", [
+    ("short", "5 characters, not 40"),
+    ("6Dh>1]T/*wB24WZW*]UGy){}I0ML[F{%IDv)4%1,", '"," is not in the Z85 alphabet'),
+])
+def test_keys_are_z85(key, reason):
+    (error,) = errors_of(VOTER + f'[security]\nallowed_keys = ["{key}"]\n')
+    assert error.startswith("security.allowed_keys[0]: ") and reason in error
+
+
+def test_duplicate_allowed_keys_and_endpoints():
+    key = "6Dh>1]T/*wB24WZW*]UGy){}I0ML[F{%IDv)4%1<"
+    errors = errors_of(VOTER + f'[security]\nallowed_keys = ["{key}", "{key}"]\n'
+                       '[forward]\nendpoints = ["h:1", "h:1", "h:2"]\n')
+    assert sorted(e.split(":")[0] for e in errors) == ["forward.endpoints", "security.allowed_keys"]

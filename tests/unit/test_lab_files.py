@@ -21,7 +21,8 @@ from hagent.lab.ports import PortPicker, ephemeral_range
 
 def plans(tmp_path: Path, nodes: int = 5, voters: int = 3) -> list[configs.NodePlan]:
     return configs.plan_nodes(tmp_path, nodes, voters, list(range(21000, 21000 + voters)),
-                              list(range(22000, 22000 + nodes)))
+                              list(range(22000, 22000 + nodes)),
+                              forward_ports=list(range(23000, 23000 + voters)))
 
 
 def test_written_configs_load_as_voters_and_replicas(tmp_path: Path) -> None:
@@ -33,9 +34,17 @@ def test_written_configs_load_as_voters_and_replicas(tmp_path: Path) -> None:
     assert [c.node.name for c in loaded] == ["node1", "node2", "node3", "node4", "node5"]
     assert [c.is_voter for c in loaded] == [True, True, True, False, False]
     voters = ["127.0.0.1:21000", "127.0.0.1:21001", "127.0.0.1:21002"]
+    from hagent.forward.keys import read_key_pair
+
+    keys = [read_key_pair(p.key_file).public for p in ps]
     for c, p in zip(loaded, ps):
         assert list(c.raft.voters) == voters
-        assert c.raft.secret_file == secret
+        assert list(c.forward.endpoints) == ["127.0.0.1:23000", "127.0.0.1:23001", "127.0.0.1:23002"]
+        assert list(c.security.voter_keys) == keys[:3]
+        assert c.security.key_file == p.key_file and oct(p.key_file.stat().st_mode & 0o777) == "0o600"
+        # Only voters hold the Raft secret and admit the non-voters' keys.
+        assert (c.raft.secret_file == secret) == c.is_voter
+        assert sorted(c.security.allowed_keys) == (sorted(keys) if c.is_voter else [])
         assert c.node.state_dir == tmp_path.resolve() / p.name / "state"
         assert c.node.run_dir == tmp_path.resolve() / p.name / "run"
         assert c.admin.socket == p.admin_socket

@@ -1,0 +1,123 @@
+"""The voter backend of an agent: a RaftNode around the replicated state, and the forward
+server that lets non-voters propose and read through this voter.
+
+pysyncobj runs Raft in its own thread; proposal callbacks come back to the asyncio loop with
+``call_soon_threadsafe``. The forward server runs on the loop and calls ``propose``,
+``query``, ``status`` and ``leader`` below for the non-voters.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from consensus.raft import RaftNode
+from consensus.state import ClusterState
+from hagent.config import Config
+from hagent.forward.keys import read_key_pair
+from hagent.forward.server import ForwardServer
+from hagent.queries import run_query
+from hagent.secretfile import read_secret
+
+log = logging.getLogger(__name__)
+
+# How long a proposal may wait for the log before the caller is told it failed. Longer
+# than a leader election (~1-3.5 s measured) so a failover is absorbed, short enough that
+# an operator at hagentctl is not left hanging.
+PROPOSE_TIMEOUT = 8.0
+
+
+class VoterBackend:
+    """Raft voter: owns the log and the state; serves non-voters when forwarding is on."""
+
+    kind = "voter"
+
+    def __init__(self, config: Config, node_name: str) -> None:
+        self.address = config.raft.bind
+        # Read the key pair first: a bad key file stops start-up before Raft binds.
+        key_pair = read_key_pair(config.security.key_file) if config.forwarding else None
+        self.state = ClusterState(duplicate_interval=config.notifications.duplicate_interval)
+        self.raft = RaftNode(
+            self_address=config.raft.bind,
+            voters=list(config.raft.voters),
+            state_dir=config.node.state_dir / "raft",
+            password=read_secret(config.raft.secret_file),
+            options=config.raft,
+            state=self.state,
+            node_name=node_name,
+        )
+        self.forward: ForwardServer | None = None
+        if key_pair is not None:
+            self.forward = ForwardServer(self, config.forward_bind, key_pair,
+                                         list(config.security.allowed_keys))
+
+    async def start(self) -> None:
+        if self.forward is not None:
+            await self.forward.start()  # on failure the caller closes the RaftNode
+
+    async def stop(self) -> None:
+        if self.forward is not None:
+            await self.forward.stop()
+        self.raft.close()
+
+    # --- reads ------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        status = self.raft.status()
+        status["notifications"] = self.raft.read(lambda s: s.counts_by_status())
+        return status
+
+    def ready(self) -> bool:
+        return bool(self.raft.status()["ready"])
+
+    def leader(self) -> str | None:
+        return self.raft.status()["leader"]
+
+    def members(self) -> list[dict[str, Any]]:
+        status = self.raft.status()
+        return [
+            {"raft_address": v["address"], "voter": True, "reachable": v["reachable"],
+             "self": v["address"] == status.get("self_address")}
+            for v in status["voters"]
+        ]
+
+    def is_leader(self) -> bool:
+        return self.raft.status()["role"] == "leader"
+
+    def health(self, max_lag: int) -> tuple[bool, str]:
+        status = self.raft.status()
+        if not status["ready"]:
+            return False, "not joined: no leader known or not caught up"
+        lag = status["commit_index"] - status["applied_index"]
+        if lag > max_lag:
+            return False, f"applied index {lag} entries behind commit (max {max_lag})"
+        return True, f"leader {status['leader']}, lag {lag}"
+
+    def query(self, name: str, kwargs: dict[str, Any]) -> Any:
+        return self.raft.read(lambda s: run_query(s, name, kwargs))
+
+    async def query_async(self, name: str, kwargs: dict[str, Any]) -> Any:
+        return self.query(name, kwargs)
+
+    # --- writes -----------------------------------------------------------------------------
+    async def propose(self, command: dict[str, Any]) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future = loop.create_future()
+
+        def done(result: dict | None, error: str | None) -> None:
+            loop.call_soon_threadsafe(_resolve, future, result, error)
+
+        self.raft.propose({"at": time.time(), **command}, done)
+        try:
+            result, error = await asyncio.wait_for(future, PROPOSE_TIMEOUT)
+        except asyncio.TimeoutError:
+            return {"ok": False, "retryable": True,
+                    "error": f"the log did not commit within {PROPOSE_TIMEOUT:g} s"}
+        if error is not None:
+            return {"ok": False, "error": f"the log refused the command: {error}", "retryable": True}
+        return result
+
+
+def _resolve(future: asyncio.Future, result: dict | None, error: str | None) -> None:
+    if not future.done():
+        future.set_result((result, error))
