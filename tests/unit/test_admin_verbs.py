@@ -133,6 +133,33 @@ def test_log_that_cannot_commit_is_reported(server, node):
 
 
 # --- hosts -------------------------------------------------------------------------------
+def test_reads_a_non_voter_cannot_make_are_refused_with_the_reason(server, node):
+    node.unavailable = "no connection to 10.0.0.1:7171, 10.0.0.2:7171 within 3 s"
+    for verb, args in (("segment.list", {}), ("host.show", {"host": "cn1"}),
+                       ("notification.list", {})):
+        reply = ask(server, verb, args)
+        assert reply == {"ok": False, "error": "cannot read the cluster state: no connection to "
+                         "10.0.0.1:7171, 10.0.0.2:7171 within 3 s"}
+
+
+def test_reads_are_named_queries_with_their_arguments(server, node, monkeypatch):
+    asked = []
+    real = node.query
+
+    async def spy(name, **kwargs):
+        asked.append((name, kwargs))
+        return await real(name, **kwargs)
+
+    monkeypatch.setattr(node, "query", spy)
+    make_segment(server)
+    result(server, "host.list", {"segment": "s1", "limit": 2})
+    result(server, "segment.show", {"segment": "s1"})
+    assert asked == [
+        ("list_hosts", {"segment": "s1", "filters": {}, "sort_key": "created_at",
+                        "sort_dir": "desc", "limit": 2, "marker": None}),
+        ("get_segment", {"ref": "s1"})]
+
+
 def test_host_lifecycle(server, node):
     seg = make_segment(server)
     host = make_host(server, reserved=True)
