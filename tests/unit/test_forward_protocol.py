@@ -138,3 +138,16 @@ def test_key_pair_file_round_trip_and_refusals(tmp_path):
         read_key_pair(path)
     with pytest.raises(SecretFileError, match="hagent keygen --out"):
         read_key_pair(tmp_path / "missing.key")
+
+
+def test_hagent_keygen_writes_the_pair_and_prints_the_public_key(tmp_path, capsys):
+    from hagent.cli import main
+
+    path = tmp_path / "node.key"
+    assert main(["keygen", "--out", str(path)]) == 0
+    public = capsys.readouterr().out.strip()
+    assert read_key_pair(path).public == public and path.stat().st_mode & 0o777 == 0o600
+    assert main(["keygen", "--out", str(path)]) == 1  # never silently replaces a key
+    assert "already exists" in capsys.readouterr().err
+    assert main(["keygen", "--out", str(path), "--force"]) == 0
+    assert capsys.readouterr().out.strip() != public
