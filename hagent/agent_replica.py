@@ -107,6 +107,10 @@ class ReplicaBackend:
     def ready(self) -> bool:
         return bool(self.status()["ready"])
 
+    def fatal_error(self) -> str | None:
+        """A non-voter has no state that can halt; losing its voters only makes it not ready."""
+        return None
+
     def members(self) -> list[dict[str, Any]]:
         status = self.status()
         return [{"raft_address": v["address"], "voter": True, "reachable": v["reachable"],

@@ -70,6 +70,11 @@ class VoterBackend:
     def ready(self) -> bool:
         return bool(self.raft.status()["ready"])
 
+    def fatal_error(self) -> str | None:
+        """Why this voter halted Raft (e.g. a leader streamed a snapshot of a newer format),
+        or None. A halted voter acknowledges nothing; the daemon exits so it is noticed."""
+        return self.raft.status().get("error")
+
     def leader(self) -> str | None:
         return self.raft.status()["leader"]
 
@@ -88,7 +93,10 @@ class VoterBackend:
         status = self.raft.status()
         if not status["ready"]:
             return False, "not joined: no leader known or not caught up"
-        lag = status["commit_index"] - status["applied_index"]
+        # The leader's commit index, not this node's idea of it: a follower cut off from the
+        # leader must not call itself healthy because it applied all it had heard of.
+        leader_commit = status.get("leader_commit_index") or status["commit_index"]
+        lag = leader_commit - status["applied_index"]
         if lag > max_lag:
             return False, f"applied index {lag} entries behind commit (max {max_lag})"
         return True, f"leader {status['leader']}, lag {lag}"

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 # How often the daemon re-checks whether it has joined the log while starting.
 JOIN_POLL = 0.05
+# How often the daemon checks whether its backend halted.
+FATAL_POLL = 0.5
 
 
 class Agent:
@@ -98,6 +100,22 @@ async def _wait_ready(agent: Agent, stop: asyncio.Event) -> bool:
     return False
 
 
+async def _exit_on_fatal(agent: Agent, stop: asyncio.Event, exit_status: list[int]) -> None:
+    """Stop the agent (exit 1, so systemd restarts it and start-up says why) once its
+    backend has halted; a halted voter must not look alive to systemd's watchdog."""
+    while not stop.is_set():
+        error = agent.backend.fatal_error()
+        if error:
+            log.critical("stopping: %s", error)
+            exit_status[0] = 1
+            stop.set()
+            return
+        try:
+            await asyncio.wait_for(stop.wait(), FATAL_POLL)
+        except asyncio.TimeoutError:
+            pass
+
+
 async def _watchdog_pings(interval: float) -> None:
     while True:
         sdnotify.watchdog()
@@ -114,6 +132,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
     admin = AdminServer(agent, config.admin)
     status_server = StatusServer(agent, config.status.bind)
     tasks: list[asyncio.Task] = []
+    exit_status = [0]
     started = False
     try:
         await agent.backend.start()
@@ -121,6 +140,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
         await admin.start()
         status_server.start()
         await agent.submitter.start()
+        tasks.append(asyncio.create_task(_exit_on_fatal(agent, stop, exit_status)))
         interval = sdnotify.watchdog_interval()
         if interval:
             tasks.append(asyncio.create_task(_watchdog_pings(interval / 2)))
@@ -146,4 +166,4 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
             await agent.backend.stop()
         elif isinstance(agent.backend, VoterBackend):
             agent.backend.raft.close()
-    return 0
+    return exit_status[0]
