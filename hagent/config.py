@@ -269,10 +269,26 @@ def _min_below_max(low: float, high: float) -> str | None:
 
 
 def _heartbeat_below_election(period: float, election_min: float) -> str | None:
-    if period < election_min:
+    if 3 * period < election_min:
         return None
-    return (f"{period} must be below election_timeout_min ({election_min}): followers would "
-            "time out a healthy leader between its heartbeats")
+    return (f"{period} must be below a third of election_timeout_min ({election_min}): "
+            "followers would time out a healthy leader after one or two late heartbeats "
+            "(pysyncobj refuses to start otherwise)")
+
+
+def _heartbeat_below_fallback(period: float, fallback: float) -> str | None:
+    if period < fallback:
+        return None
+    return (f"{period} must be below leader_fallback_timeout ({fallback}): a leader would "
+            "step down between two heartbeats (pysyncobj refuses to start otherwise)")
+
+
+def _connection_outlives_election(timeout: float, election_max: float) -> str | None:
+    if timeout >= election_max:
+        return None
+    return (f"{timeout} must be at least election_timeout_max ({election_max}): connections "
+            "would be dropped before an election could notice the silence (pysyncobj refuses "
+            "to start otherwise)")
 
 
 @dataclass(frozen=True)
@@ -284,7 +300,11 @@ class RaftConfig:
         Rule(("election_timeout_min", "election_timeout_max"), _min_below_max,
              "`election_timeout_min` < `election_timeout_max`"),
         Rule(("append_entries_period", "election_timeout_min"), _heartbeat_below_election,
-             "`append_entries_period` < `election_timeout_min`"),
+             "3 × `append_entries_period` < `election_timeout_min`"),
+        Rule(("append_entries_period", "leader_fallback_timeout"), _heartbeat_below_fallback,
+             "`append_entries_period` < `leader_fallback_timeout`"),
+        Rule(("connection_timeout", "election_timeout_max"), _connection_outlives_election,
+             "`connection_timeout` >= `election_timeout_max`"),
     )
 
     voters: list[str] = required(
