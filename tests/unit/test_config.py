@@ -156,30 +156,30 @@ def test_election_timeouts_ordered():
 def test_heartbeat_below_election_timeout():
     (error,) = errors_of(with_raft("append_entries_period = 0.5"))
     assert error.startswith("raft.append_entries_period: 0.5 must be below a third of "
-                            "election_timeout_min (0.4)")
+                            "election_timeout_min (0.8)")
 
 
 def test_three_heartbeats_fit_in_the_shortest_election_timeout():
-    # 0.2 < 0.4 but 3 x 0.2 is not: pysyncobj would die at start with a bare AssertionError.
-    (error,) = errors_of(with_raft("append_entries_period = 0.2"))
+    # 0.3 < 0.8 but 3 x 0.3 is not: pysyncobj would die at start with a bare AssertionError.
+    (error,) = errors_of(with_raft("append_entries_period = 0.3"))
     assert "third of election_timeout_min" in error and "pysyncobj refuses" in error
 
 
 def test_heartbeat_below_leader_fallback():
-    errors = errors_of(with_raft("append_entries_period = 0.1\nleader_fallback_timeout = 0.1"))
-    assert any(e.startswith("raft.append_entries_period: 0.1 must be below leader_fallback_timeout")
+    errors = errors_of(with_raft("append_entries_period = 0.2\nleader_fallback_timeout = 0.2"))
+    assert any(e.startswith("raft.append_entries_period: 0.2 must be below leader_fallback_timeout")
                for e in errors)
 
 
 def test_connection_timeout_outlives_the_election_timeout():
     (error,) = errors_of(with_raft("connection_timeout = 1.0"))
-    assert error.startswith("raft.connection_timeout: 1.0 must be at least election_timeout_max (1.4)")
+    assert error.startswith("raft.connection_timeout: 1.0 must be at least election_timeout_max (1.6)")
 
 
 def test_accepted_timings_are_accepted_by_pysyncobj():
     from pysyncobj import SyncObjConf
 
-    raft = loads_config(with_raft("append_entries_period = 0.13\nelection_timeout_min = 0.4\n"
+    raft = loads_config(with_raft("append_entries_period = 0.13\nelection_timeout_min = 0.4\nelection_timeout_max = 1.4\n"
                           "leader_fallback_timeout = 0.14\nconnection_timeout = 1.4")).raft
     SyncObjConf(appendEntriesPeriod=raft.append_entries_period, raftMinTimeout=raft.election_timeout_min,
                 raftMaxTimeout=raft.election_timeout_max, leaderFallbackTimeout=raft.leader_fallback_timeout,
