@@ -14,6 +14,9 @@ can lose an acknowledged entry or roll a vote back. ``DurableJournal`` implement
   fsync of the directory. pysyncobj sends the vote grant / vote request right after.
 * ``deleteEntriesTo`` (compaction after a snapshot) first fsyncs the directory so the renamed
   snapshot file is durable, then rewrites the journal atomically.
+* ``trim_to_snapshot`` finishes a compaction a crash interrupted (snapshot renamed into place,
+  journal not yet cut): pysyncobj would otherwise clear the whole journal on start, entries
+  after the snapshot included.
 
 With ``fsync=False`` (throwaway labs on tmpfs) the same files are written without syncing:
 kill -9 still loses nothing (page cache), power loss may.
@@ -201,6 +204,27 @@ class DurableJournal(Journal):
         self._end = off
         self.durable_index = keep[-1][1] if keep else 0
         self.dirty = False
+
+    # --- start-up repair ---------------------------------------------------------------
+    def trim_to_snapshot(self, prev_entry: Entry, last_entry: Entry) -> int:
+        """Drop the entries before ``prev_entry`` if the journal holds the snapshot's two last
+        entries exactly; return how many were dropped (0: nothing to do or no match).
+
+        pysyncobj's start-up keeps the journal only if it *begins* with those two entries and
+        otherwise clears it. A crash between a snapshot's rename and the journal truncation
+        (or a snapshot child finishing after the agent died) leaves a journal that begins
+        earlier, and clearing it would lose entries after the snapshot that this node may
+        have acknowledged. Call before pysyncobj opens the journal.
+        """
+        if not self._entries:
+            return 0
+        pos = prev_entry[1] - self._entries[0][1]
+        if pos <= 0 or pos + 1 >= len(self._entries):
+            return 0
+        if self._entries[pos] != tuple(prev_entry) or self._entries[pos + 1] != tuple(last_entry):
+            return 0
+        self.deleteEntriesTo(pos)
+        return pos
 
     def __getitem__(self, item):
         return self._entries[item]

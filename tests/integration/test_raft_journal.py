@@ -57,6 +57,18 @@ def test_truncate_compact_and_clear(tmp_path):
     assert read_journal(j.path) == [] and len(j) == 0
 
 
+def test_trim_to_snapshot_drops_only_what_a_matching_snapshot_covers(tmp_path):
+    j = DurableJournal(tmp_path / "journal")
+    for i in range(1, 11):
+        j.add(b"c%d" % i, i, 1)
+    j.sync()
+    assert j.trim_to_snapshot((b"c5", 5, 2), (b"c6", 6, 1)) == 0  # other term: not ours
+    assert j.trim_to_snapshot((b"c9", 9, 1), (b"c10", 10, 1)) == 8
+    assert [e[1] for e in read_journal(j.path)] == [9, 10] and [e[1] for e in j] == [9, 10]
+    assert j.trim_to_snapshot((b"c9", 9, 1), (b"c10", 10, 1)) == 0  # already begins there
+    assert j.trim_to_snapshot((b"c12", 12, 1), (b"c13", 13, 1)) == 0  # beyond the journal
+
+
 def test_torn_tail_is_cut_on_open(tmp_path):
     j = DurableJournal(tmp_path / "journal")
     j.add(b"a", 1, 1)

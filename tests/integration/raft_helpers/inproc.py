@@ -22,7 +22,9 @@ def options(voters: list[str], **overrides: Any) -> RaftConfig:
     return RaftConfig(voters=voters, **dict(FAST, **overrides))
 
 
-def make_nodes(tmp: Path, voters: int = 3, replicas: int = 0, **overrides: Any) -> list[RaftNode]:
+def make_nodes(tmp: Path, voters: int = 3, replicas: int = 0,
+               states: list[ClusterState] | None = None, **overrides: Any) -> list[RaftNode]:
+    """Start the nodes; ``states`` (one per node) replaces their empty initial states."""
     addresses = [f"127.0.0.1:{free_port()}" for _ in range(voters)]
     opts = options(addresses, **overrides)
     nodes = []
@@ -30,7 +32,7 @@ def make_nodes(tmp: Path, voters: int = 3, replicas: int = 0, **overrides: Any) 
         nodes.append(RaftNode(
             self_address=addresses[i] if i < voters else None, voters=addresses,
             state_dir=Path(tmp) / f"n{i}", password=PASSWORD, options=opts,
-            state=ClusterState(), node_name=f"n{i}"))
+            state=states[i] if states else ClusterState(), node_name=f"n{i}"))
     return nodes
 
 
@@ -74,3 +76,27 @@ def propose(node: RaftNode, command: dict, timeout: float = 10.0) -> tuple[Any, 
 def close_all(nodes: list[RaftNode]) -> None:
     for node in nodes:
         node.close()
+
+
+def big_state(notifications: int) -> ClusterState:
+    """A state with one segment, 50 hosts and ``notifications`` distinct notifications,
+    built by applying commands directly (no log): large enough that a snapshot takes a while."""
+    state = ClusterState()
+    at = 1e9
+
+    def ok(cmd: dict) -> None:
+        answer = state.apply(cmd)
+        assert answer.get("ok"), (cmd, answer)
+
+    ok({"op": "segment.create", "at": at, "uuid": f"00000000-0000-0000-0001-{0:012d}",
+        "name": "s1", "recovery_method": "auto", "service_type": "COMPUTE"})
+    hosts = [f"node{i}" for i in range(50)]
+    for i, name in enumerate(hosts):
+        ok({"op": "host.create", "at": at, "uuid": f"00000000-0000-0000-0002-{i:012d}",
+            "name": name, "type": "COMPUTE", "control_attributes": "SSH", "segment": "s1"})
+    for i in range(notifications):
+        ok({"op": "notification.submit", "at": at + i,
+            "notification_uuid": f"00000000-0000-0000-0003-{i:012d}", "type": "PROCESS",
+            "hostname": hosts[i % len(hosts)], "generated_time": "2024-05-01T10:00:00Z",
+            "payload": {"process_name": f"p{i}", "event": "STOPPED"}, "source_node": "node0"})
+    return state
