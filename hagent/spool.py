@@ -19,6 +19,11 @@ Group commit: ``append``/``confirm`` queue their line and wait; one writer task 
 everything queued, writes it with one ``write`` and one ``fsync`` (in a worker thread so the
 event loop keeps running), then resolves every waiter. While one fsync runs the next batch
 accumulates, so throughput is bounded by batches per second, not records per second.
+``confirm_soon`` queues a tombstone without waiting: it goes out with the next batch.
+
+Each record is encoded to JSON once, in ``append``; the spool keeps that line (not the
+dict) for every pending uuid, and ``pending()`` decodes copies from it, so what is resent
+after a restart is exactly what is in memory now.
 
 Compaction: when the file holds at least ``compact_after`` dead lines and more dead than
 live ones, the writer rewrites it with only the live records (write temp, fsync, rename,
@@ -46,8 +51,12 @@ class SpoolError(Exception):
 
 
 def encode_line(entry: dict[str, Any]) -> bytes:
-    """One spool line: CRC32 (hex) of the JSON, a space, the JSON, a newline."""
-    body = json.dumps(entry, sort_keys=True, separators=(",", ":")).encode()
+    """One spool line: CRC32 (hex) of the JSON, a space, the JSON, a newline.
+
+    Raises TypeError or ValueError when ``entry`` is not plain JSON (a set, an object).
+    Keys keep their order (no sorting: nothing compares lines, and sorting costs per record).
+    """
+    body = json.dumps(entry, separators=(",", ":")).encode()
     return b"%08x %s\n" % (zlib.crc32(body), body)
 
 
@@ -68,6 +77,11 @@ def decode_line(line: bytes) -> dict[str, Any] | None:
     if entry["op"] == "put" and not isinstance(entry.get("record"), dict):
         return None
     return entry
+
+
+def _record_of(line: bytes) -> dict[str, Any]:
+    """The record of a put line this spool wrote or loaded (so known to decode)."""
+    return json.loads(line[9:])["record"]
 
 
 def fsync_dir(path: Path, fsync: Callable[[int], None] = os.fsync) -> None:
@@ -93,8 +107,8 @@ class Spool:
         self.key = key
         self.compact_after = compact_after
         self._fsync = fsync
-        # uuid -> record for every uuid appended and not confirmed (in memory, at call time).
-        self._pending: dict[str, dict[str, Any]] = {}
+        # uuid -> encoded put line for every uuid appended and not confirmed (at call time).
+        self._pending: dict[str, bytes] = {}
         # uuid -> encoded put line, for live records whose put is durably in the file.
         self._file_live: dict[str, bytes] = {}
         self._file_lines = 0          # valid lines in the current file
@@ -160,15 +174,16 @@ class Spool:
             uuid = entry["uuid"]
             if entry["op"] == "put":
                 if uuid not in self._pending:
-                    self._pending[uuid] = entry["record"]
+                    self._pending[uuid] = line
                     self._file_live[uuid] = line
             else:
                 self._pending.pop(uuid, None)
                 self._file_live.pop(uuid, None)
 
     def pending(self) -> list[dict[str, Any]]:
-        """Records appended and not confirmed, oldest first, one per uuid (copies)."""
-        return [dict(r) for r in self._pending.values()]
+        """Records appended and not confirmed, oldest first, one per uuid (fresh copies,
+        decoded from the lines written: plain JSON values only)."""
+        return [_record_of(line) for line in self._pending.values()]
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -200,29 +215,45 @@ class Spool:
             if fut is not None:
                 await asyncio.shield(fut)
             return
-        record = json.loads(json.dumps(record))  # a private, JSON-clean copy
-        self._pending[uuid] = record
-        fut = self._enqueue(encode_line({"op": "put", "uuid": uuid, "record": record}), "put", uuid)
+        # The one JSON encoding of this record (raises TypeError/ValueError if not plain JSON);
+        # the caller may change ``record`` afterwards without changing what is spooled.
+        line = encode_line({"op": "put", "uuid": uuid, "record": record})
+        fut = self._enqueue(line, "put", uuid)
+        self._pending[uuid] = line
         self._durable[uuid] = fut
         try:
             await asyncio.shield(fut)
         except BaseException:
-            if fut.done() and fut.exception() is not None and self._pending.get(uuid) is record:
+            if fut.done() and fut.exception() is not None and self._pending.get(uuid) is line:
                 del self._pending[uuid]
             raise
 
     async def confirm(self, uuid: str) -> None:
-        """Mark ``uuid`` confirmed (tombstone); it leaves ``pending()`` at once.
+        """Mark ``uuid`` confirmed (tombstone) and wait for the tombstone's fsync.
 
-        Awaiting it waits for the tombstone's fsync. Losing a tombstone is harmless (the
-        record is resent and the log answers "already known"), so callers may not wait.
-        Confirming a uuid that is not pending does nothing.
+        Raises SpoolError if it could not be written. See ``confirm_soon`` for not waiting.
+        """
+        fut = self.confirm_soon(uuid)
+        if fut is not None:
+            await asyncio.shield(fut)
+
+    def confirm_soon(self, uuid: str) -> asyncio.Future | None:
+        """Mark ``uuid`` confirmed: it leaves ``pending()`` at once, and its tombstone is
+        written and fsynced with the next batch; returns that write's future (None when
+        ``uuid`` is not pending: nothing to do). Nobody has to await it.
+
+        Not waiting is safe because losing a tombstone (a crash before that fsync, a failed
+        write, which the writer logs) only means the record is still pending after a restart
+        and is resent; the log answers "already known", so it stays one notification. Once
+        confirmed, appending the same uuid again queues a new put after the tombstone, so
+        the file still holds at most one live record per uuid. Raises SpoolError when the
+        spool is closed.
         """
         if uuid not in self._pending:
-            return
-        del self._pending[uuid]
+            return None
         fut = self._enqueue(encode_line({"op": "done", "uuid": uuid}), "done", uuid)
-        await asyncio.shield(fut)
+        del self._pending[uuid]
+        return fut
 
     def _enqueue(self, line: bytes, op: str, uuid: str) -> asyncio.Future:
         if self._closed:
@@ -252,6 +283,8 @@ class Spool:
                 await loop.run_in_executor(None, self._write_sync, data)
             except Exception as e:  # noqa: BLE001 - every waiter must learn of the failure
                 err = SpoolError(f"spool {self.path}: write/fsync failed: {e}")
+                # Said here once: tombstones queued by confirm_soon have no one waiting.
+                log.error("%s (%d record(s) not written)", err, len(batch))
                 for _, _, uuid, fut in batch:
                     if self._durable.get(uuid) is fut:
                         del self._durable[uuid]
