@@ -109,6 +109,8 @@ class VoterBackend:
 
     # --- writes -----------------------------------------------------------------------------
     async def propose(self, command: dict[str, Any]) -> dict[str, Any]:
+        """``ClusterState.apply``'s answer once committed and applied here, or a retryable
+        failure; answers within ``PROPOSE_TIMEOUT`` whatever pysyncobj does."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()
 
@@ -116,14 +118,22 @@ class VoterBackend:
             loop.call_soon_threadsafe(_resolve, future, result, error)
 
         self.raft.propose({"at": time.time(), **command}, done)
+        # One plain timer that resolves the same future (wait_for would add a waiter future
+        # and callbacks per proposal); whichever of commit and timer comes first wins.
+        timer = loop.call_later(PROPOSE_TIMEOUT, _resolve, future, None, _TIMED_OUT)
         try:
-            result, error = await asyncio.wait_for(future, PROPOSE_TIMEOUT)
-        except asyncio.TimeoutError:
+            result, error = await future
+        finally:
+            timer.cancel()
+        if error is _TIMED_OUT:
             return {"ok": False, "retryable": True,
                     "error": f"the log did not commit within {PROPOSE_TIMEOUT:g} s"}
         if error is not None:
             return {"ok": False, "error": f"the log refused the command: {error}", "retryable": True}
         return result
+
+
+_TIMED_OUT: Any = object()  # the error _resolve gets when PROPOSE_TIMEOUT ran out
 
 
 def _resolve(future: asyncio.Future, result: dict | None, error: str | None) -> None:

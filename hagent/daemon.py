@@ -59,6 +59,10 @@ class Agent:
             node_name=self.name,
             resend_interval=config.notifications.resend_interval,
             submit_timeout=config.notifications.submit_timeout,
+            max_in_flight=config.notifications.max_in_flight,
+            # Agent.propose answers in bounded time by itself (a voter within
+            # PROPOSE_TIMEOUT, a non-voter within forward.timeout per voter): no second timer.
+            propose_timeout=None,
         )
         register_agent_metrics(self)
         register_forward_metrics(self)

@@ -18,8 +18,19 @@ What does *not* confirm it (the submitter resends): ``propose`` raising, taking 
 ``{"committed": False, ...}`` (no leader, leader changed, commit timed out). See
 ``classify``.
 
-Proposals in flight are bounded by ``max_in_flight`` so a restart with a deep spool does not
-flood the leader. Counters (``submitted``, ``confirmed``, ``refused``, ``resends``,
+A confirmation is answered to the caller at once; the uuid leaves the spool's pending set
+at the same moment and its tombstone is written and fsynced with the spool's next group
+commit, not waited for. If the agent dies before that fsync, the record is resent after the
+restart and the log answers "already known": still one notification, and the caller was
+right to be told it is committed. (Waiting would cost every acknowledgement a second spool
+fsync round.)
+
+Timers: one per ``submit`` (``submit_timeout``). ``propose_timeout`` bounds a ``propose``
+that does not bound itself; pass None when it does (the daemon's ``Agent.propose`` answers
+within its backend's timeout), and proposals run without a timer of their own.
+
+Proposals in flight are bounded by ``max_in_flight`` (``notifications.max_in_flight``) so a
+restart with a deep spool does not flood the leader. Counters (``submitted``, ``confirmed``, ``refused``, ``resends``,
 ``propose_failures``, ``in_flight``, ``pending_count()``) are plain attributes the daemon
 exports.
 """
@@ -81,8 +92,10 @@ class Submitter:
     def __init__(self, propose: Propose, spool: Spool, node_name: str, *,
                  resend_interval: float = 1.0, submit_timeout: float = 10.0,
                  max_in_flight: int = 64, propose_timeout: float | None = 30.0) -> None:
-        if resend_interval <= 0 or submit_timeout < 0 or max_in_flight < 1:
-            raise ValueError("resend_interval > 0, submit_timeout >= 0 and max_in_flight >= 1 required")
+        if resend_interval <= 0 or submit_timeout < 0 or max_in_flight < 1 \
+                or (propose_timeout is not None and propose_timeout <= 0):
+            raise ValueError("resend_interval > 0, submit_timeout >= 0, max_in_flight >= 1 and "
+                             "propose_timeout None or > 0 required")
         self._propose = propose
         self.spool = spool
         self.node_name = node_name
@@ -230,13 +243,13 @@ class Submitter:
             kind = classify(result)
             if kind == CONFIRMED:
                 self.confirmed += 1
-                await self._confirm(nid)
+                self._confirm(nid)
                 if attempts > 1:
                     log.info("notification %s committed after %d attempts", nid, attempts)
                 return {"ok": True, "committed": True, "result": result.get("result")}
             if kind == REFUSED:
                 self.refused += 1
-                await self._confirm(nid)
+                self._confirm(nid)
                 log.warning("notification %s (%s on %s) refused by the log, dropped from the "
                             "spool: %s", nid, command.get("type"), command.get("hostname"),
                             result["error"])
@@ -249,24 +262,21 @@ class Submitter:
             await asyncio.sleep(max(0.0, started + self.resend_interval - loop.time()))
 
     async def _propose_once(self, command: dict[str, Any]) -> Any:
-        # Not asyncio.wait_for: on 3.11 it can swallow a cancellation that arrives as the
-        # proposal completes, and stop() would then wait out a whole resend interval.
-        attempt = asyncio.ensure_future(self._propose(command))
+        if self.propose_timeout is None:  # the propose callable bounds itself
+            return await self._propose(command)
+        # asyncio.timeout, not wait_for: no extra task per proposal, and on 3.11 wait_for can
+        # swallow a cancellation that arrives as the proposal completes (stop() would then
+        # wait out a whole resend interval); timeout() tells the two apart.
         try:
-            done, _ = await asyncio.wait({attempt}, timeout=self.propose_timeout)
-        except asyncio.CancelledError:
-            attempt.cancel()
-            raise
-        if not done:
-            attempt.cancel()
+            async with asyncio.timeout(self.propose_timeout):
+                return await self._propose(command)
+        except TimeoutError:
             return {"ok": False, "retryable": True,
                     "error": f"no answer from the log within {self.propose_timeout:g} s"}
-        if attempt.cancelled():
-            raise asyncio.CancelledError()
-        return attempt.result()
 
-    async def _confirm(self, nid: str) -> None:
+    def _confirm(self, nid: str) -> None:
+        """Take ``nid`` out of the spool; its tombstone is fsynced with the next batch."""
         try:
-            await self.spool.confirm(nid)
+            self.spool.confirm_soon(nid)
         except SpoolError as exc:  # losing a tombstone only costs a harmless resend
             log.error("could not record confirmation of %s in the spool: %s", nid, exc)

@@ -266,3 +266,23 @@ def test_a_crashing_verb_is_an_error_reply(server, node, monkeypatch):
     reply = ask(server, "status")
     assert reply == {"ok": False, "error": "internal error in status: RuntimeError: disk on fire"}
     assert ask(server, "members")["ok"]
+
+
+def test_a_verb_that_never_finishes_is_answered_at_the_request_timeout(server, node, monkeypatch):
+    monkeypatch.setattr("hagent.admin.server.REQUEST_TIMEOUT", 0.01)
+    cancelled = []
+
+    async def never(fields):
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+    monkeypatch.setattr(node, "submit_notification", never)
+    reply = ask(server, "notification.create", {"type": "VM", "hostname": "cn1",
+                                                "generated_time": "2026-01-01T00:00:00Z",
+                                                "payload": PAYLOAD})
+    assert reply == {"ok": False, "error": "notification.create did not finish within 0.01 s"}
+    assert cancelled == [True]
+    assert sample(node, "hagent_admin_requests_total",
+                  {"verb": "notification.create", "result": "error"}) == 1

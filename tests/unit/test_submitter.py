@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
 from hagent.spool import Spool
+import pytest
+
 from hagent.submitter import REFUSED, TRANSIENT, CONFIRMED, Submitter, classify
 
 
@@ -242,9 +245,11 @@ def test_hanging_propose_is_timed_out_and_resent(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-def test_stop_keeps_pending_on_disk(tmp_path: Path) -> None:
+@pytest.mark.parametrize("propose_timeout", [30.0, None])
+def test_stop_keeps_pending_on_disk(tmp_path: Path, propose_timeout: float | None) -> None:
     async def main() -> None:
-        sub = Submitter(FakeLog(hang=True), Spool(tmp_path), "node1", submit_timeout=0.01)
+        sub = Submitter(FakeLog(hang=True), Spool(tmp_path), "node1", submit_timeout=0.01,
+                        propose_timeout=propose_timeout)
         answer = await sub.submit(fields(notification_uuid="n-s"))
         assert answer["committed"] is False
         await sub.stop()
@@ -254,3 +259,55 @@ def test_stop_keeps_pending_on_disk(tmp_path: Path) -> None:
     asyncio.run(main())
     assert [r["notification_uuid"] for r in Spool(tmp_path).pending()] == ["n-s"]
     assert os.stat(tmp_path / "spool.log").st_size > 0
+
+
+class GatedFsync:
+    """An fsync that, once ``close_gate()`` was called, blocks until ``open_gate()``."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.gate.set()
+        self.blocked = threading.Event()
+
+    def close_gate(self) -> None:
+        self.gate.clear()
+
+    def open_gate(self) -> None:
+        self.gate.set()
+
+    def __call__(self, fd: int) -> None:
+        if not self.gate.is_set():
+            self.blocked.set()
+            assert self.gate.wait(10), "gate never opened"
+        os.fsync(fd)
+
+
+def test_answer_does_not_wait_for_the_tombstone_fsync(tmp_path: Path) -> None:
+    fsync = GatedFsync()
+
+    async def main() -> None:
+        spool = Spool(tmp_path, fsync=fsync)
+        fake = FakeLog()
+        real_call = fake.__call__
+
+        async def propose(command: dict[str, Any]) -> dict[str, Any]:
+            fsync.close_gate()  # the put is durable; every later fsync (the tombstone) blocks
+            return await real_call(command)
+
+        sub = Submitter(propose, spool, "node1")
+        # wait_for is a guard against a hang, not synchronisation: the answer needs no fsync.
+        answer = await asyncio.wait_for(sub.submit(fields(notification_uuid="n-t")), 5)
+        assert answer["committed"] and sub.pending_count() == 0
+        await asyncio.get_running_loop().run_in_executor(None, fsync.blocked.wait, 5)
+        assert fsync.blocked.is_set()  # the tombstone's fsync is under way, still unfinished
+        fsync.open_gate()
+        await sub.stop()
+
+    asyncio.run(main())
+    assert b'"op":"done","uuid":"n-t"' in (tmp_path / "spool.log").read_bytes()
+    assert Spool(tmp_path).pending() == []
+
+
+def test_propose_timeout_must_be_positive_or_none(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="propose_timeout"):
+        Submitter(FakeLog(), Spool(tmp_path), "node1", propose_timeout=0)
