@@ -30,9 +30,9 @@ that does not bound itself; pass None when it does (the daemon's ``Agent.propose
 within its backend's timeout), and proposals run without a timer of their own.
 
 Proposals in flight are bounded by ``max_in_flight`` (``notifications.max_in_flight``) so a
-restart with a deep spool does not flood the leader. Counters (``submitted``, ``confirmed``, ``refused``, ``resends``,
-``propose_failures``, ``in_flight``, ``pending_count()``) are plain attributes the daemon
-exports.
+restart with a deep spool does not flood the leader. Counters (``submitted``, ``confirmed``,
+``refused``, ``resends``, ``propose_failures``, ``in_flight``, ``pending_count()``) are plain
+attributes the daemon exports.
 """
 from __future__ import annotations
 
