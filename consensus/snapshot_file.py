@@ -221,6 +221,9 @@ def _child(error_fd: int, parent: int, tmp_path: Path, last_entry: Entry, prev_e
         # A collection could run finalisers of the parent's garbage (sockets, transports
         # that log "unclosed ..."): nothing of that may happen here.
         gc.disable()
+        # Background work: the agents' Raft threads must win the CPU over a snapshot (on a
+        # busy 2-core host, an equal-priority child delayed commits by 100+ ms).
+        os.nice(19)
         # Die with the forking thread; never write into the parent's signal wakeup fd
         # (a SIGTERM sent to this pid would otherwise stop the parent's event loop too).
         if _prctl is not None:
