@@ -1,8 +1,8 @@
 """The voter side of forwarding: a CURVE ROUTER that answers non-voters from this voter.
 
 Why ROUTER/DEALER and not REQ/REP: a non-voter has many requests in flight at once (the
-submitter proposes up to 64 notifications concurrently, hagentctl reads meanwhile, the status
-refresh runs every 0.5 s), and a voter answers a proposal only once the entry is committed,
+submitter proposes up to `notifications.max_in_flight` notifications concurrently, hagentctl
+reads meanwhile, the status refresh runs every 0.5 s), and a voter answers a proposal only once the entry is committed,
 a read at once. REQ/REP allows one outstanding request per socket and answers in order, so
 one slow commit would block every read behind it, and a lost reply wedges a REQ socket for
 good. A ROUTER prefixes every incoming message with the sender's identity and routes a reply
@@ -44,7 +44,8 @@ log = logging.getLogger(__name__)
 HARD_MAX_BYTES = 4 * protocol.MAX_REQUEST_BYTES
 #: Requests a voter works on at once for all non-voters together; beyond it a request is
 #: answered ``busy`` (retryable) at once instead of queueing without bound. Far above what
-#: hundreds of nodes submit (the submitter keeps at most 64 in flight per node).
+#: hundreds of nodes submit (each submitter keeps at most `notifications.max_in_flight`,
+#: 64 by default, in flight).
 MAX_IN_FLIGHT = 10_000
 #: Distinct refused keys logged (each once); more are only counted.
 LOGGED_REFUSED_KEYS = 100
