@@ -2,8 +2,8 @@
 
 Why ROUTER/DEALER and not REQ/REP: a non-voter has many requests in flight at once (the
 submitter proposes up to `notifications.max_in_flight` notifications concurrently, hagentctl
-reads meanwhile, the status refresh runs every 0.5 s), and a voter answers a proposal only once the entry is committed,
-a read at once. REQ/REP allows one outstanding request per socket and answers in order, so
+reads meanwhile, the status refresh runs every 0.5 s), and a voter answers a proposal only
+once the entry is committed, a read at once. REQ/REP allows one outstanding request per socket and answers in order, so
 one slow commit would block every read behind it, and a lost reply wedges a REQ socket for
 good. A ROUTER prefixes every incoming message with the sender's identity and routes a reply
 sent with that identity back to it, so replies go out in whatever order they complete; the
