@@ -25,9 +25,14 @@ DEADLINE = 30.0
 
 
 def until(what: str, cond: Callable[[], Any], timeout: float = DEADLINE) -> Any:
+    """Poll ``cond`` until it returns something true; a LabError (no leader yet, an agent not
+    answering yet) counts as "not yet"."""
     deadline = time.monotonic() + timeout
     while True:
-        value = cond()
+        try:
+            value = cond()
+        except LabError:
+            value = None
         if value:
             return value
         if time.monotonic() > deadline:
