@@ -475,6 +475,23 @@ class Lab:
             self._admin_retry(via, "host.create", {"segment": SEGMENT, "name": node.name,
                                                     "type": "COMPUTE", "control_attributes": "SSH"},
                               deadline)
+        self.wait_applied(timeout=max(1.0, deadline - time.monotonic()))
+
+    def wait_applied(self, timeout: float = READY_TIMEOUT) -> None:
+        """Return once every voter has applied what the leader had committed when called, so
+        a read on any node (non-voters read from a voter) sees it. A follower learns a commit
+        only from the leader's next heartbeat, so without this a read right after a write
+        through another node may miss it."""
+        target = self.status(self.leader(timeout=timeout))["commit_index"]
+        voters = [n.name for n in self.nodes if n.voter and self.state(n.name) == RUNNING]
+
+        def applied(name: str) -> bool:
+            try:
+                return self.status(name, timeout=1.0).get("applied_index", 0) >= target
+            except LabError:
+                return False
+
+        self._poll(f"applied up to index {target}", voters, applied, timeout)
 
     def _admin_retry(self, name: str, verb: str, args: dict[str, Any], deadline: float) -> Any:
         while True:
