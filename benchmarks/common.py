@@ -9,6 +9,7 @@ Goals are *reported*, never asserted: ``goal(value, "<=", target)`` gives a smal
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import datetime as dt
@@ -182,6 +183,28 @@ def percentiles(xs: list[float], scale: float = 1.0, nd: int = 2) -> dict[str, f
 def print_goals(name: str, goals: dict[str, dict[str, Any]]) -> None:
     for key, g in goals.items():
         print(f"  [{verdict(g):4}] {name}.{key}: {g['value']} {g['unit']} (goal {g['op']} {g['target']})")
+
+
+def arg_parser(doc: str, set_example: str | None = None) -> argparse.ArgumentParser:
+    """The options every benchmark takes: ``--quick``, ``--no-save`` and, for benchmarks
+    that start a lab, ``--set section.key=JSON`` (extra agent config, for tuning)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-save", action="store_true", help="print only (for tuning runs)")
+    if set_example is not None:
+        ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=JSON",
+                        help=f"extra agent config, e.g. --set {set_example}")
+    return ap
+
+
+def report(name: str, doc: dict[str, Any], write: bool) -> None:
+    """Print the goals of ``doc`` (and of its tuned pass, if any); write it unless told not to."""
+    if "goals" in doc:
+        print_goals(name, doc["goals"])
+    if "tuned" in doc:
+        print_goals(name + " (tuned)", doc["tuned"]["goals"])
+    if write:
+        print("wrote", save(name, doc))
 
 
 def parse_sets(items: list[str]) -> dict[str, dict[str, Any]]:

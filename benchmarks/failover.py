@@ -14,7 +14,6 @@ Run: python -m benchmarks.failover [--quick] [--runs N]
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import time
@@ -138,18 +137,12 @@ def summary(doc: dict[str, Any]) -> list[tuple[str, Any, dict | None]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
+    ap = common.arg_parser(__doc__, set_example="raft.election_timeout_min=0.6")
     ap.add_argument("--runs", type=int)
-    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=JSON",
-                    help="extra agent config, e.g. --set raft.election_timeout_min=0.6")
-    ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args(argv)
     doc = run(args.quick, runs=args.runs, config_extra=common.parse_sets(args.set))
     print(json.dumps(doc["recovery_s"]))
-    common.print_goals(NAME, doc["goals"])
-    if not args.no_save:
-        print("wrote", common.save(NAME, doc))
+    common.report(NAME, doc, write=not args.no_save)
     return 0
 
 

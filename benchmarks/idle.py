@@ -13,7 +13,6 @@ Run: python -m benchmarks.idle [--quick] [--duration S]
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from typing import Any
@@ -79,18 +78,12 @@ def summary(doc: dict[str, Any]) -> list[tuple[str, Any, dict | None]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
+    ap = common.arg_parser(__doc__, set_example="raft.append_entries_period=0.12")
     ap.add_argument("--duration", type=float)
-    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=JSON",
-                    help="extra agent config, e.g. --set raft.append_entries_period=0.12")
-    ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args(argv)
     doc = run(args.quick, duration=args.duration, config_extra=common.parse_sets(args.set))
     print(json.dumps(doc["agents"], indent=1))
-    common.print_goals(NAME, doc["goals"])
-    if not args.no_save:
-        print("wrote", common.save(NAME, doc))
+    common.report(NAME, doc, write=not args.no_save)
     return 0
 
 

@@ -10,13 +10,11 @@ Run: python -m benchmarks.lab50 [--quick] [--nodes N]
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from typing import Any
 
 from benchmarks import common
-from hagent.lab.cluster import Lab
 
 NAME = "lab50"
 SUBMISSIONS = 20
@@ -104,16 +102,13 @@ def summary(doc: dict[str, Any]) -> list[tuple[str, Any, dict | None]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
+    ap = common.arg_parser(__doc__)
     ap.add_argument("--nodes", type=int, default=50)
     ap.add_argument("--idle", type=float)
-    ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args(argv)
     doc = run(args.quick, nodes=args.nodes, idle=args.idle)
     print(json.dumps({k: v for k, v in doc.items() if k != "background_before"}, indent=1))
-    if not args.no_save:
-        print("wrote", common.save(NAME, doc))
+    common.report(NAME, doc, write=not args.no_save)
     return 0
 
 

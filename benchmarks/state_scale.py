@@ -14,7 +14,6 @@ Run: python -m benchmarks.state_scale [--quick] [--count N]
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -114,16 +113,12 @@ def summary(doc: dict[str, Any]) -> list[tuple[str, Any, dict | None]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
+    ap = common.arg_parser(__doc__)
     ap.add_argument("--count", type=int)
-    ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args(argv)
     doc = run(args.quick, count=args.count)
     print(json.dumps(doc, indent=1))
-    common.print_goals(NAME, doc["goals"])
-    if not args.no_save:
-        print("wrote", common.save(NAME, doc))
+    common.report(NAME, doc, write=not args.no_save)
     return 0
 
 

@@ -26,7 +26,6 @@ Run: python -m benchmarks.submit_path [--quick] [--fsync on|off] [--set raft.KEY
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import time
@@ -238,28 +237,20 @@ def _rows(doc: dict[str, Any], prefix: str, brief: bool = False) -> list[tuple[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
+    ap = common.arg_parser(__doc__, set_example="raft.append_entries_period=0.05")
     ap.add_argument("--connections", type=int, default=128)
     ap.add_argument("--duration", type=float)
     ap.add_argument("--rate", type=float, default=200.0)
     ap.add_argument("--latency-duration", type=float)
     ap.add_argument("--fsync", choices=("on", "off"), default="on")
-    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=JSON",
-                    help="extra agent config, e.g. --set raft.append_entries_period=0.05")
     ap.add_argument("--no-tuned", action="store_true", help="skip the second, tuned pass")
-    ap.add_argument("--no-save", action="store_true", help="print only (for tuning runs)")
     args = ap.parse_args(argv)
     extra = common.parse_sets(args.set)
     doc = run(args.quick, tuned=not args.no_tuned, connections=args.connections,
               duration=args.duration, rate=args.rate, latency_duration=args.latency_duration,
               fsync=args.fsync == "on", config_extra=extra)
     print(json.dumps({k: doc[k] for k in ("throughput", "latency")}, indent=1))
-    common.print_goals(NAME, doc["goals"])
-    if "tuned" in doc:
-        common.print_goals(NAME + " (tuned)", doc["tuned"]["goals"])
-    if not args.no_save:
-        print("wrote", common.save(NAME, doc))
+    common.report(NAME, doc, write=not args.no_save)
     return 0
 
 
