@@ -5,8 +5,12 @@ pysyncobj 0.3.17's own ``FileJournal`` keeps entries in an mmap it never msyncs 
 can lose an acknowledged entry or roll a vote back. ``DurableJournal`` implements pysyncobj's
 ``Journal`` interface with these guarantees instead:
 
-* ``add``/``deleteEntriesFrom``/``clear`` write (or truncate) at once but only mark the journal
-  *dirty*; ``sync()`` makes every change so far durable with one ``fdatasync``. The transport
+* ``add``/``clear`` write (or truncate) at once but only mark the journal *dirty*; ``sync()``
+  makes every change so far durable with one ``fdatasync``. ``deleteEntriesFrom`` leaves the
+  dropped records on disk until the next sync or a conflicting ``add``: pysyncobj truncates
+  and re-appends identical entries when a stale append-entries arrives in the same term, and
+  an identical re-append then reuses the record already on disk instead of dropping an entry
+  this node acknowledged and writing it again. The transport
   (``consensus.transport``) calls ``sync()`` before the first message that leaves the node after
   a change, so N entries appended in one tick cost one fsync, and no ack, vote or
   append-entries can reflect an entry that is not on disk.
@@ -152,11 +156,26 @@ class DurableJournal(Journal):
         self.durable_index = entries[-1][1] if entries else 0
         #: Number of journal syncs done (each covers every change before it).
         self.sync_count = 0
+        #: Entries pysyncobj dropped from the tail that are still on disk, with their offsets.
+        #: On a stale append-entries pysyncobj truncates and re-appends *identical* entries;
+        #: re-appends that match reuse these, so the disk never loses an entry this node
+        #: acknowledged. Cut from the file (``_settle``) at the next sync or mismatch, before
+        #: any message can leave the node.
+        self._removed: list[tuple[Entry, int]] = []
 
     # --- pysyncobj Journal interface -------------------------------------------------
     def add(self, command: bytes, idx: int, term: int) -> None:
         if not isinstance(command, bytes):
             command = bytes(command)
+        if self._removed:
+            old, offset = self._removed[0]
+            if old == (command, idx, term) and offset == self._end:
+                del self._removed[0]
+                self._entries.append(old)
+                self._offsets.append(offset)
+                self._end = offset + _REC_HEAD.size + _IDX_TERM.size + len(command)
+                return  # the same record is on disk already, as durable as it was
+            self._settle()
         record = _encode(command, idx, term)
         written = os.pwrite(self._fd, record, self._end)
         if written != len(record):
@@ -167,6 +186,7 @@ class DurableJournal(Journal):
         self.dirty = True
 
     def clear(self) -> None:
+        self._removed = []
         os.ftruncate(self._fd, len(HEADER))
         self._entries = []
         self._offsets = []
@@ -177,10 +197,19 @@ class DurableJournal(Journal):
     def deleteEntriesFrom(self, entryFrom: int) -> None:
         if entryFrom >= len(self._entries):
             return
+        # Kept on disk until settled; earlier-removed entries lie after these in the file.
+        self._removed[:0] = zip(self._entries[entryFrom:], self._offsets[entryFrom:])
         self._end = self._offsets[entryFrom]
-        os.ftruncate(self._fd, self._end)
         del self._entries[entryFrom:]
         del self._offsets[entryFrom:]
+        self.dirty = True
+
+    def _settle(self) -> None:
+        """Cut the removed entries that were not re-appended from the file."""
+        if not self._removed:
+            return
+        os.ftruncate(self._fd, self._end)
+        self._removed = []
         last = self._entries[-1][1] if self._entries else 0
         self.durable_index = min(self.durable_index, last)
         self.dirty = True
@@ -190,6 +219,7 @@ class DurableJournal(Journal):
         # directory: make that rename durable before the entries it replaces go away.
         if self.fsync:
             fsync_dir(self.path.parent)
+        self._removed = []  # the file is rewritten from the entries kept in memory
         keep = self._entries[entryTo:]
         body = b"".join(_encode(*entry) for entry in keep)
         self._write_file_atomically(self.path, HEADER + body)
@@ -272,6 +302,7 @@ class DurableJournal(Journal):
         """Make every change so far durable (one fdatasync); cheap when nothing changed."""
         if not self.dirty:
             return
+        self._settle()
         self._sync_fd()
         self.durable_index = self._entries[-1][1] if self._entries else 0
         self.sync_count += 1

@@ -43,8 +43,10 @@ def test_truncate_compact_and_clear(tmp_path):
         j.add(b"x" * i, i, 1)
     j.sync()
     j.deleteEntriesFrom(7)  # keep idx 1..7
-    assert j.durable_index == 7 and j.dirty
-    j.add(b"new", 8, 2)
+    assert j.dirty and len(j) == 7
+    assert len(read_journal(j.path)) == 10  # on disk until settled
+    j.add(b"new", 8, 2)  # conflicts with the dropped idx 8: they go now
+    assert j.durable_index == 7
     j.sync()
     assert [e[1:] for e in read_journal(j.path)] == [(i, 1) for i in range(1, 8)] + [(8, 2)]
     j.deleteEntriesTo(5)  # drop the first five (compaction)
@@ -55,6 +57,39 @@ def test_truncate_compact_and_clear(tmp_path):
     j.clear()
     j.sync()
     assert read_journal(j.path) == [] and len(j) == 0
+
+
+def test_identical_reappend_after_truncation_keeps_the_acknowledged_entries_on_disk(tmp_path):
+    """pysyncobj's answer to a stale append-entries in the same term: truncate, then append
+    the same entries again. The acknowledged entries never leave the disk meanwhile."""
+    j = DurableJournal(tmp_path / "journal")
+    for i in range(1, 11):
+        j.add(b"e%d" % i, i, 3)
+    j.sync()
+    size = j.path.stat().st_size
+    j.deleteEntriesFrom(5)
+    assert len(read_journal(j.path)) == 10 and j.durable_index == 10
+    for i in range(6, 11):
+        j.add(b"e%d" % i, i, 3)
+        assert j.durable_index == 10 and j.path.stat().st_size == size
+    j.sync()
+    assert read_journal(j.path) == [(b"e%d" % i, i, 3) for i in range(1, 11)]
+    assert j.durable_index == 10 and len(j) == 10
+
+
+def test_entries_not_reappended_are_cut_at_the_next_sync(tmp_path):
+    j = DurableJournal(tmp_path / "journal")
+    for i in range(1, 11):
+        j.add(b"e%d" % i, i, 3)
+    j.sync()
+    j.deleteEntriesFrom(5)
+    j.add(b"e6", 6, 3)  # a shorter stale append-entries: only idx 6 comes back
+    j.sync()
+    assert [e[1] for e in read_journal(j.path)] == [1, 2, 3, 4, 5, 6]
+    assert j.durable_index == 6
+    j.add(b"e7", 7, 3)
+    j.sync()
+    assert [e[1] for e in DurableJournal(j.path)] == [1, 2, 3, 4, 5, 6, 7]
 
 
 def test_trim_to_snapshot_drops_only_what_a_matching_snapshot_covers(tmp_path):
