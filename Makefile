@@ -4,6 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEBS := python3-venv python3-dev gcc
+# What the tests use for real: network namespaces and nftables (partitions, loss), libvirt
+# (libvirt-python builds against libvirt-dev; libvirtd with the test driver), ipmitool
+# (IPMI fencing against virtualbmc), corosync (the detection benchmark's baseline).
+SYSDEBS := iproute2 nftables libvirt-dev libvirt-daemon pkg-config ipmitool corosync
 
 .PHONY: demo test bench deps clean
 
@@ -11,6 +15,10 @@ $(STAMP): pyproject.toml
 	@if ! command -v $(PYTHON) >/dev/null 2>&1 || ! $(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 \
 			|| ! command -v gcc >/dev/null 2>&1; then \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3 $(DEBS); fi
+	@if ! command -v nft >/dev/null 2>&1 || ! command -v ipmitool >/dev/null 2>&1 \
+			|| ! command -v corosync >/dev/null 2>&1 || ! command -v libvirtd >/dev/null 2>&1 \
+			|| ! pkg-config --exists libvirt 2>/dev/null || ! command -v ip >/dev/null 2>&1; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(SYSDEBS); fi
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "hagent needs Python >= 3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
