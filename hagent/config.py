@@ -479,6 +479,145 @@ class LoggingConfig:
     level: str = knob("INFO", "Log level (DEBUG, INFO, WARNING, ERROR).", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
 
+def _keys_per_seed(seeds: list[str], seed_keys: list[str]) -> str | None:
+    if len(seeds) == len(seed_keys):
+        return None
+    return (f"seeds has {len(seeds)} entries but seed_keys has {len(seed_keys)}: give the "
+            f"public key of each seed (`hagent keygen` prints it), in the same order")
+
+
+@dataclass(frozen=True)
+class GossipConfig:
+    """Failure detection: SWIM gossip with Lifeguard suspicion over ZeroMQ (docs/membership.md).
+
+    Every node takes part; it learns the others from the seeds and from gossip. Traffic is
+    CURVE-encrypted and only the keys in `security.allowed_keys` are admitted. The protocol's
+    timing knobs live with the protocol (`hagent/membership/knobs.py`, docs/membership.md)."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(("seeds", "seed_keys"), _keys_per_seed,
+             "`seed_keys` has one public key per `seeds` entry"),
+    )
+
+    bind: str = knob(
+        "",
+        "`host:port` this node's gossip socket binds (never 0.0.0.0). Empty: the node takes "
+        "no part in failure detection, so nobody notices it die; only for tests of the log "
+        "alone (start-up logs a warning).",
+        check=(empty_or_host_port,), example="10.0.0.11:7172")
+    advertise: str = knob(
+        "",
+        "`host:port` the other nodes use to reach this one, when it differs from `bind` (NAT). "
+        "Empty: `bind`.", check=(empty_or_host_port,))
+    seeds: list[str] = knob(
+        [],
+        "`host:port` gossip addresses this node contacts at start to learn the cluster (a full "
+        "state exchange). The voters' gossip addresses are a good choice: they are listed in "
+        "every config anyway. A seed that is down is retried; one reachable seed is enough.",
+        check=(no_duplicates,), item_check=(host_port,),
+        example=["10.0.0.11:7172", "10.0.0.12:7172", "10.0.0.13:7172"])
+    seed_keys: list[str] = knob(
+        [],
+        "Z85 public keys of the seeds, one per `seeds` entry and in the same order: CURVE "
+        "needs the server's key before it connects. Other members' keys travel in gossip and "
+        "are used only if they are in `security.allowed_keys`.",
+        item_check=(z85_key,),
+        example=["6Dh>1]T/*wB24WZW*]UGy){}I0ML[F{%IDv)4%1<", "NkIz@ym?%?57[]mjkC-LpcX)Kw.9fk(t-9kn#&mT",
+                 "9zIE&8ZG4B.Q41A].]iPLrm5WLAjM}u=GwFLMNai"])
+
+
+def _margin_below_ttl(ttl: float, margin: float) -> str | None:
+    if margin < ttl:
+        return None
+    return f"{margin:g} must be below lease_ttl ({ttl:g}): the watchdog fires lease_ttl - safety_margin after a renewal"
+
+
+def _two_renewals_per_window(ttl: float, margin: float, interval: float) -> str | None:
+    if 2 * interval <= ttl - margin:
+        return None
+    return (f"{interval:g} s leaves fewer than two renewals in lease_ttl - safety_margin "
+            f"({ttl - margin:g} s): one lost renewal would fence a healthy host; use at most "
+            f"{(ttl - margin) / 2:g}")
+
+
+def _fencing_is_safe(mode: str, driver: str, unsafe: bool) -> str | None:
+    if unsafe or (mode != "off" and driver != "none"):
+        return None
+    return (f"watchdog_mode = {_q(mode)} with watchdog_driver = {_q(driver)} means a host cut "
+            f"off from the log keeps running its VMs while they are evacuated elsewhere; "
+            f"set unsafe_no_fencing = true only in a lab")
+
+
+@dataclass(frozen=True)
+class FencingConfig:
+    """Leases and self-fencing (ARCHITECTURE.md §3 rule 2, docs/fencing.md).
+
+    Each node renews a lease through the log every `renew_interval`. A node that has not
+    seen a renewal committed within `lease_ttl - safety_margin` of sending it is fenced by
+    its watchdog; the leader treats a host as fenced only `lease_ttl` after it applied that
+    host's latest renewal (and after it became leader). The margin absorbs clock-rate
+    differences and the time a renewal takes to reach the leader."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(("lease_ttl", "safety_margin"), _margin_below_ttl, "`safety_margin` < `lease_ttl`"),
+        Rule(("lease_ttl", "safety_margin", "renew_interval"), _two_renewals_per_window,
+             "2 × `renew_interval` <= `lease_ttl` - `safety_margin`"),
+        Rule(("watchdog_mode", "watchdog_driver", "unsafe_no_fencing"), _fencing_is_safe,
+             "`watchdog_mode = \"off\"` or `watchdog_driver = \"none\"` needs `unsafe_no_fencing = true`"),
+    )
+
+    lease_ttl: float = knob(
+        15.0,
+        "Seconds after the leader applied a host's latest renewal before it may treat the host "
+        "as fenced (and recovery may start its VMs elsewhere). Far below Masakari's minutes; "
+        "long enough that a leader election (~1-3.5 s) and a lost renewal cost no false fence.",
+        check=(positive,))
+    safety_margin: float = knob(
+        5.0,
+        "Seconds by which a node's watchdog fires before the leader's `lease_ttl` runs out: "
+        "covers the renewal's trip to the leader and clock-rate drift. The watchdog fires "
+        "`lease_ttl - safety_margin` (10 s) after the latest committed renewal was sent.",
+        check=(positive,))
+    renew_interval: float = knob(
+        5.0,
+        "Seconds between lease renewals: `lease_ttl` / 3, so two renewals may fail before the "
+        "watchdog is in danger.", check=(positive,))
+    watchdog_mode: str = knob(
+        "required",
+        "As Patroni: `required` refuses to start without a working watchdog; `automatic` uses "
+        "one if present and logs a warning if not (the host then cannot fence itself); `off` "
+        "uses none (needs `unsafe_no_fencing`).",
+        choices=("required", "automatic", "off"))
+    watchdog_driver: str = knob(
+        "linux",
+        "`linux`: the kernel watchdog device (`watchdog_device`), which resets the host if the "
+        "agent stops feeding it; `lab`: the lab's simulated host power switch; `none`: no "
+        "fencing at all (needs `unsafe_no_fencing`).", choices=("linux", "lab", "none"))
+    watchdog_device: Path = knob(
+        Path("/dev/watchdog"),
+        "The watchdog device the `linux` driver opens (softdog or a hardware watchdog).")
+    lab_power_socket: str = knob(
+        "",
+        "Unix socket of the lab's simulated host power switch (`lab` driver only; the lab "
+        "writes it).")
+    unsafe_no_fencing: bool = knob(
+        False,
+        "Allow running without self-fencing (`watchdog_mode = \"off\"` or driver `none`). "
+        "Every recovery is then logged as unsafe: a partitioned host may still run the VMs "
+        "being evacuated. Labs only.")
+
+
+@dataclass(frozen=True)
+class DetectionConfig:
+    """How gossip verdicts become COMPUTE_HOST notifications in the log (docs/detection.md)."""
+
+    up_damping: float = knob(
+        30.0,
+        "Seconds a host that was declared down must be alive in gossip (and renewing its "
+        "lease) before the leader commits its STARTED notification: a flapping host produces "
+        "one STOPPED and one STARTED per damping window, not a storm.", check=(positive,))
+
+
 def _endpoints_per_voter(forward: ForwardConfig, raft: RaftConfig) -> str | None:
     if not forward.endpoints or len(forward.endpoints) == len(raft.voters):
         return None
@@ -523,6 +662,9 @@ class Config:
     admin: AdminConfig = field(default_factory=AdminConfig)
     status: StatusConfig = field(default_factory=StatusConfig)
     notifications: NotificationConfig = field(default_factory=NotificationConfig)
+    gossip: GossipConfig = field(default_factory=GossipConfig)
+    fencing: FencingConfig = field(default_factory=FencingConfig)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     @property
