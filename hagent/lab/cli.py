@@ -1,9 +1,15 @@
 """`hagent lab ...`: the local cluster from the command line.
 
-    hagent lab up --nodes 3 [--voters 3] --dir DIR     start, wait ready, register segment "lab"
+    hagent lab up --nodes 3 [--voters 3] [--netns] --dir DIR
+                                                        start, wait ready, register segment "lab"
     hagent lab status --dir DIR [-f json]               one row per agent
     hagent lab crash|start|pause|resume --dir DIR NAME  SIGKILL, restart, SIGSTOP, SIGCONT
-    hagent lab down --dir DIR [--purge]                  SIGTERM all (SIGKILL after --timeout)
+    hagent lab partition --dir DIR node1,node2/node3,node4,node5
+                                                        drop traffic between the groups (--netns)
+    hagent lab loss --dir DIR NAME PERCENT              drop PERCENT % of NAME's packets (--netns)
+    hagent lab heal --dir DIR                           remove every partition and loss
+    hagent lab down --dir DIR [--purge]                 SIGTERM all (SIGKILL after --timeout),
+                                                        remove the lab's namespaces
 
 ``--dir`` defaults to ``$HAGENT_LAB_DIR``, else ``./hagent-lab``. Exit status 0 on success,
 1 when the lab refused (the reason is printed), 2 on a usage error.
@@ -14,9 +20,11 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
-from hagent.lab.cluster import READY_TIMEOUT, STOP_TIMEOUT, STOPPED, Lab, LabError
+from hagent.lab.cluster import LAB_FILE, READY_TIMEOUT, STOP_TIMEOUT, STOPPED, Lab, LabError
+from hagent.lab.netns import parse_groups
 
 DEFAULT_DIR = "hagent-lab"
 
@@ -41,6 +49,9 @@ def add_lab_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
                     help="seconds to wait for every agent to be ready (default %(default)g)")
     up.add_argument("--no-register", action="store_true",
                     help="do not create segment 'lab' and its hosts")
+    up.add_argument("--netns", action="store_true",
+                    help="one network namespace per agent on a bridge (root only), so that "
+                         "partition, loss and heal work")
 
     status = with_dir(sub.add_parser("status", help="state, role and term of every agent"))
     status.add_argument("-f", "--format", choices=("table", "json"), default="table")
@@ -54,6 +65,15 @@ def add_lab_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
                        ("pause", "SIGSTOP one agent"), ("resume", "SIGCONT a paused agent")):
         p = with_dir(sub.add_parser(verb, help=text))
         p.add_argument("name", help="node name, e.g. node2")
+
+    part = with_dir(sub.add_parser("partition", help="drop traffic between groups of nodes"))
+    part.add_argument("groups", help="groups separated by '/', names by ',', e.g. "
+                                     "node1,node2/node3,node4,node5 (a node in no group talks "
+                                     "to all)")
+    loss = with_dir(sub.add_parser("loss", help="drop a share of one node's packets at random"))
+    loss.add_argument("name", help="node name, e.g. node2")
+    loss.add_argument("percent", type=int, help="0-100 (0 stops the loss)")
+    with_dir(sub.add_parser("heal", help="remove every partition and loss"))
     return lab
 
 
@@ -68,7 +88,7 @@ def lab_main(args: argparse.Namespace) -> int:
 
 def _up(args: argparse.Namespace) -> int:
     lab = Lab.up(args.dir, args.nodes, args.voters, timeout=args.timeout,
-                 register=not args.no_register)
+                 register=not args.no_register, netns=args.netns)
     print(f"lab up in {lab.dir}: {', '.join(lab.names)} ready; leader {lab.leader()}")
     print(f"  hagentctl --socket {lab.nodes[0].admin_socket} status")
     print(f"  curl {lab.nodes[0].status_url}/status")
@@ -76,6 +96,10 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
+    if not (Path(args.dir) / LAB_FILE).exists() and Lab.remove_network(Path(args.dir)):
+        # An `up --netns` that died before it recorded its agents: its network was all.
+        print(f"lab network in {Path(args.dir).resolve()} removed")
+        return 0
     lab = Lab.load(args.dir)
     lab.down(timeout=args.timeout, purge=args.purge)
     print(f"lab in {lab.dir} stopped" + (" and deleted" if args.purge else
@@ -126,5 +150,26 @@ def _node_verb(args: argparse.Namespace) -> int:
     return 0
 
 
+def _partition(args: argparse.Namespace) -> int:
+    lab = Lab.load(args.dir)
+    groups = parse_groups(args.groups)
+    lab.partition(groups)
+    print("partitioned: " + " | ".join(", ".join(g) for g in groups if g))
+    return 0
+
+
+def _loss(args: argparse.Namespace) -> int:
+    Lab.load(args.dir).loss(args.name, args.percent)
+    print(f"{args.name}: {args.percent} % loss")
+    return 0
+
+
+def _heal(args: argparse.Namespace) -> int:
+    Lab.load(args.dir).heal()
+    print("healed: no partition, no loss")
+    return 0
+
+
 _COMMANDS = {"up": _up, "down": _down, "status": _status, "crash": _node_verb,
-             "start": _node_verb, "pause": _node_verb, "resume": _node_verb}
+             "start": _node_verb, "pause": _node_verb, "resume": _node_verb,
+             "partition": _partition, "loss": _loss, "heal": _heal}

@@ -11,6 +11,11 @@ agent through the admin socket, and records the cluster in ``DIR/lab.json``: a l
 ``Lab.load(dir)`` reads ``lab.json`` back, so the CLI (one process per command), tests and the
 demo drive the same cluster. Signals go only to a pid whose command line still names that
 node's config file, never to a recycled pid.
+
+``Lab.up(..., netns=True)`` puts each agent in a network namespace of its own on one bridge
+(``hagent/lab/netns.py``, recorded in ``DIR/netns.json``); every endpoint binds the namespace's
+address, which the lab tooling reaches over the bridge, and the admin sockets stay files. Such a
+lab can be partitioned, healed and made to lose packets; ``down`` removes its network too.
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ from typing import Any, Callable, Iterable
 import psutil
 
 from hagent.lab import configs
+from hagent.lab.netns import NetnsError, Network
 from hagent.lab.ports import PortPicker
 
 log = logging.getLogger(__name__)
@@ -70,13 +76,15 @@ class LabNode:
     raft_address: str = ""
     log: str = ""
     forward_address: str = ""  # a voter's forward endpoint (non-voters connect to it)
+    netns: str = ""            # the network namespace it runs in; "" on loopback
 
     @classmethod
-    def from_plan(cls, plan: configs.NodePlan) -> LabNode:
+    def from_plan(cls, plan: configs.NodePlan, network: Network | None = None) -> LabNode:
         return cls(name=plan.name, pid=None, admin_socket=str(plan.admin_socket),
                    status_url=plan.status_url, voter=plan.voter, config=str(plan.config),
                    raft_address=plan.raft_address, log=str(plan.log),
-                   forward_address=plan.forward_address)
+                   forward_address=plan.forward_address,
+                   netns=network.link(plan.name).netns if network else "")
 
 
 def admin_call(socket_path: str | Path, verb: str, args: dict[str, Any] | None = None,
@@ -149,10 +157,14 @@ class Lab:
     def up(cls, dir: Path | str, nodes: int = 3, voters: int | None = None, *,
            timeout: float = READY_TIMEOUT, register: bool = True,
            config_extra: dict[str, dict[str, Any]] | None = None,
-           env: dict[str, str] | None = None, picker: PortPicker | None = None) -> Lab:
+           env: dict[str, str] | None = None, picker: PortPicker | None = None,
+           netns: bool = False) -> Lab:
         """Start ``nodes`` agents (the first ``voters`` vote), wait until all are ready,
         register segment ``lab`` and one host per agent. Raises LabError (after stopping what
-        it started) if the agents are not ready within ``timeout`` seconds."""
+        it started) if the agents are not ready within ``timeout`` seconds.
+
+        ``netns``: each agent in its own network namespace (needs root), so ``partition``,
+        ``heal`` and ``loss`` work; its endpoints bind the namespace's address."""
         voters = configs.default_voters(nodes) if voters is None else voters
         configs.check_sizes(nodes, voters)
         lab_dir = Path(dir).resolve()
@@ -163,37 +175,60 @@ class Lab:
             from hagent.secretfile import write_secret
 
             write_secret(secret)
-        picker = picker or PortPicker(lab_dir)
-        for attempt in range(1, UP_ATTEMPTS + 1):
-            ports = picker.pick(2 * voters + nodes)
-            plans = configs.plan_nodes(lab_dir, nodes, voters, ports[:voters], ports[2 * voters:],
-                                       forward_ports=ports[voters:2 * voters])
-            configs.write_node_files(plans, secret, config_extra)
-            lab = cls(lab_dir, [LabNode.from_plan(p) for p in plans])
-            lab._env = env
-            for node in lab.nodes:
-                lab._spawn(node)
-            lab._save()
+        network = None
+        if netns:
             try:
-                lab.wait_ready(timeout=timeout)
-                break
-            except LabError as exc:
-                collided = lab._collisions()
-                lab.down(timeout=STOP_TIMEOUT)
-                picker.release(ports)
-                if collided and attempt < UP_ATTEMPTS:
-                    log.warning("lab %s: port collision (%s); retrying with new ports",
-                                lab_dir, ", ".join(collided))
-                    continue
-                raise LabError(f"{exc}\n(agents stopped; configs and logs kept in {lab_dir})") from None
+                network = Network.create(lab_dir, [configs.node_name(i + 1) for i in range(nodes)])
+            except NetnsError as exc:
+                raise LabError(str(exc)) from None
+        picker = picker or PortPicker(lab_dir)
+        lab = None
+        try:
+            # A netns lab binds fixed ports on addresses of its own: nothing can collide.
+            for attempt in range(1, 2 if network else UP_ATTEMPTS + 1):
+                if network:
+                    ports: list[int] = []
+                    plans = configs.plan_netns_nodes(lab_dir, nodes, voters,
+                                                     [link.address for link in network.nodes])
+                else:
+                    ports = picker.pick(2 * voters + nodes)
+                    plans = configs.plan_nodes(lab_dir, nodes, voters, ports[:voters],
+                                               ports[2 * voters:],
+                                               forward_ports=ports[voters:2 * voters])
+                configs.write_node_files(plans, secret, config_extra)
+                lab = cls(lab_dir, [LabNode.from_plan(p, network) for p in plans])
+                lab._env = env
+                for node in lab.nodes:
+                    lab._spawn(node)
+                lab._save()
+                try:
+                    lab.wait_ready(timeout=timeout)
+                    break
+                except LabError as exc:
+                    collided = lab._collisions()
+                    lab.down(timeout=STOP_TIMEOUT)
+                    picker.release(ports)
+                    if collided and attempt < UP_ATTEMPTS and not network:
+                        log.warning("lab %s: port collision (%s); retrying with new ports",
+                                    lab_dir, ", ".join(collided))
+                        continue
+                    raise LabError(f"{exc}\n(agents stopped; configs and logs kept in {lab_dir})") from None
+        except BaseException:
+            if network is not None and Network.load(lab_dir) is not None:
+                if lab is not None:  # interrupted between spawning and waiting
+                    lab._stop(lab.names, STOP_TIMEOUT)
+                network.teardown()
+            raise
         if register:
             lab.register(timeout=timeout)
         return lab
 
     @staticmethod
     def _clear_previous(lab_dir: Path) -> None:
-        """Refuse to start over a running lab; wipe the state of a stopped one."""
+        """Refuse to start over a running lab; wipe the state of a stopped one (and its network,
+        also one left by an `up` that died before it wrote ``lab.json``)."""
         if not (lab_dir / LAB_FILE).exists():
+            Lab.remove_network(lab_dir)
             return
         old = Lab.load(lab_dir)
         alive = [n.name for n in old.nodes if old.state(n.name) != STOPPED]
@@ -202,7 +237,21 @@ class Lab:
                            f"run `hagent lab down --dir {lab_dir}` first")
         for node in old.nodes:
             shutil.rmtree(Path(node.config).parent, ignore_errors=True)
+        Lab.remove_network(lab_dir)
         (lab_dir / LAB_FILE).unlink()
+
+    @staticmethod
+    def remove_network(lab_dir: Path) -> bool:
+        """Remove the lab network recorded in ``lab_dir``, if any (False if there was none).
+        Works without ``lab.json``: an `up --netns` that died early leaves only the network."""
+        try:
+            network = Network.load(lab_dir)
+            if network is None:
+                return False
+            network.teardown()
+        except NetnsError as exc:
+            raise LabError(str(exc)) from None
+        return True
 
     @classmethod
     def load(cls, dir: Path | str) -> Lab:
@@ -285,11 +334,14 @@ class Lab:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")]))
         env["PYTHONUNBUFFERED"] = "1"
         env.pop("NOTIFY_SOCKET", None)  # the lab is not systemd
+        argv = [sys.executable, "-m", "hagent", "run", "--config", node.config]
+        if node.netns:  # `ip netns exec` execs in place: the pid stays the agent's
+            argv = ["ip", "netns", "exec", node.netns, *argv]
         with open(node.log, "ab") as out:
             out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {START_MARKER} {node.name}\n".encode())
             out.flush()
             proc = subprocess.Popen(
-                [sys.executable, "-m", "hagent", "run", "--config", node.config],
+                argv,
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 cwd=Path(node.config).parent, env=env, start_new_session=True)
         self._procs[node.name] = proc
@@ -349,9 +401,11 @@ class Lab:
         self._stop([name], timeout)
 
     def down(self, timeout: float = STOP_TIMEOUT, purge: bool = False) -> None:
-        """Stop every agent (SIGTERM, SIGKILL after ``timeout``). Configs, state and logs stay
-        for debugging unless ``purge``, which deletes the lab directory."""
+        """Stop every agent (SIGTERM, SIGKILL after ``timeout``) and remove the lab network if
+        it has one. Configs, state and logs stay for debugging unless ``purge``, which deletes
+        the lab directory."""
         self._stop(self.names, timeout)
+        self.remove_network(self.dir)
         ports = []
         for node in self.nodes:
             for addr in (node.raft_address, node.forward_address, node.status_url.rsplit("/", 1)[-1]):
@@ -387,6 +441,40 @@ class Lab:
         if left and fail:
             raise LabError(f"still running after {timeout:g} s: {', '.join(left)}")
         return left
+
+    # ---- network faults (netns labs) -----------------------------------------------------
+
+    @property
+    def network(self) -> Network:
+        """The lab network as recorded now (faults included); LabError on a loopback lab."""
+        try:
+            network = Network.load(self.dir)
+        except NetnsError as exc:
+            raise LabError(str(exc)) from None
+        if network is None:
+            raise LabError(f"the lab in {self.dir} runs on loopback: partitions and loss need "
+                           f"a lab started with `hagent lab up --netns`")
+        return network
+
+    def partition(self, groups: list[list[str]]) -> None:
+        """Drop all traffic between the groups of nodes, both ways (replaces an earlier
+        partition). A node in no group still talks to everyone; the lab tooling reaches all."""
+        self._fault(lambda net: net.partition(groups))
+
+    def heal(self) -> None:
+        """Remove every network fault (partition and loss)."""
+        self._fault(lambda net: net.heal())
+
+    def loss(self, name: str, percent: int) -> None:
+        """Drop ``percent`` % of ``name``'s packets to and from other nodes (0 stops it)."""
+        self.node(name)
+        self._fault(lambda net: net.loss(name, percent))
+
+    def _fault(self, change: Callable[[Network], None]) -> None:
+        try:
+            change(self.network)
+        except NetnsError as exc:
+            raise LabError(str(exc)) from None
 
     # ---- talking to agents ---------------------------------------------------------------
 

@@ -3,11 +3,16 @@
 Per node ``DIR/<name>/``: ``hagent.toml``, ``node.key`` (its CURVE key pair, mode 0600),
 ``state/`` (Raft journal, spool), ``run/`` (admin socket) and ``agent.log``; one shared
 ``DIR/cluster.secret`` (mode 0600) that only the voters' configs name. The first ``voters``
-nodes are Raft voters on loopback ports, each with a forward endpoint; the others are
+nodes are Raft voters, each with a forward endpoint; the others are
 non-voters that keep no Raft state and forward to the voters (every node's public key is in
 ``security.allowed_keys``, the voters' in ``security.voter_keys``). Every file is a
 plain agent config: `hagent check-config DIR/node1/hagent.toml` accepts it and an operator can
 read it to learn what a real deployment looks like.
+
+Addresses: on loopback every node binds 127.0.0.1 on ports picked for it (``hagent/lab/ports.py``);
+in a netns lab (``hagent/lab/netns.py``) every node binds its own namespace's address on the
+ports a deployment uses (``DEPLOYMENT_PORTS``). ``node_config`` is the one place that turns a
+node's plan into its TOML document: a new section goes there.
 """
 from __future__ import annotations
 
@@ -26,6 +31,9 @@ SECRET_FILE = "cluster.secret"
 CONFIG_FILE = "hagent.toml"
 LOG_FILE = "agent.log"
 KEY_FILE = "node.key"
+#: Ports every node of a netns lab binds on its own address, as in docs/configuration.md's
+#: examples; each node has an address of its own there, so they never collide.
+DEPLOYMENT_PORTS = {"raft": 7170, "forward": 7171, "status": 7180}
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,7 @@ class NodePlan:
     admin_socket: Path
     voter: bool
     forward_address: str = ""  # host:port of a voter's forward endpoint; "" on a non-voter
+    host: str = "127.0.0.1"    # the address every endpoint of this node binds
 
     @property
     def key_file(self) -> Path:
@@ -83,27 +92,38 @@ def admin_socket_path(lab_dir: Path, name: str) -> Path:
 
 def plan_nodes(lab_dir: Path, nodes: int, voters: int, raft_ports: list[int],
                status_ports: list[int], host: str = "127.0.0.1", *,
-               forward_ports: list[int]) -> list[NodePlan]:
+               forward_ports: list[int], hosts: list[str] | None = None) -> list[NodePlan]:
     """The layout of an ``nodes``-agent lab whose first ``voters`` agents vote.
 
     ``raft_ports`` and ``forward_ports`` have one port per voter, ``status_ports`` one per node.
+    Every node binds ``host``, or its own entry of ``hosts`` (one per node) when given.
     """
     check_sizes(nodes, voters)
     if len(raft_ports) != voters or len(forward_ports) != voters or len(status_ports) != nodes:
         raise ValueError(f"need {voters} raft ports, {voters} forward ports and {nodes} status "
                          f"ports, got {len(raft_ports)}, {len(forward_ports)} and {len(status_ports)}")
+    if hosts is not None and len(hosts) != nodes:
+        raise ValueError(f"need {nodes} hosts, got {len(hosts)}")
     lab_dir = Path(lab_dir).resolve()
     plans = []
     for i in range(nodes):
         name = node_name(i + 1)
         voter = i < voters
+        h = hosts[i] if hosts is not None else host
         plans.append(NodePlan(
             name=name, dir=lab_dir / name,
-            raft_address=f"{host}:{raft_ports[i]}" if voter else "",
-            status_bind=f"{host}:{status_ports[i]}",
+            raft_address=f"{h}:{raft_ports[i]}" if voter else "",
+            status_bind=f"{h}:{status_ports[i]}",
             admin_socket=admin_socket_path(lab_dir, name), voter=voter,
-            forward_address=f"{host}:{forward_ports[i]}" if voter else ""))
+            forward_address=f"{h}:{forward_ports[i]}" if voter else "", host=h))
     return plans
+
+
+def plan_netns_nodes(lab_dir: Path, nodes: int, voters: int, hosts: list[str]) -> list[NodePlan]:
+    """The layout of a netns lab: node ``i`` binds ``hosts[i]`` on ``DEPLOYMENT_PORTS``."""
+    return plan_nodes(lab_dir, nodes, voters, [DEPLOYMENT_PORTS["raft"]] * voters,
+                      [DEPLOYMENT_PORTS["status"]] * nodes,
+                      forward_ports=[DEPLOYMENT_PORTS["forward"]] * voters, hosts=hosts)
 
 
 def check_sizes(nodes: int, voters: int) -> None:
