@@ -618,6 +618,154 @@ class DetectionConfig:
         "one STOPPED and one STARTED per damping window, not a storm.", check=(positive,))
 
 
+@constraint("empty, or a process list in masakari-monitors' process_list.yaml format")
+def process_list_yaml(text: str) -> str | None:
+    if not text.strip():
+        return None
+    from hagent.monitors.process_list import ProcessListError, parse_process_list
+
+    try:
+        parse_process_list(text, "process_list_inline")
+    except ProcessListError as exc:
+        return "; ".join(exc.problems)
+    return None
+
+
+@constraint("a user name or numeric uid")
+def user_name(value: str) -> str | None:
+    if re.fullmatch(r"[0-9]+|[A-Za-z_][A-Za-z0-9_.-]*\$?", value):
+        return None
+    return f"{_q(value)} is not a user name or numeric uid"
+
+
+@constraint("a libvirt connection URI")
+def libvirt_connection_uri(value: str) -> str | None:
+    if re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*:/.*", value):
+        return None
+    return f"{_q(value)} is not a libvirt URI such as \"qemu:///system\""
+
+
+def _backoff_ordered(low: float, high: float) -> str | None:
+    if low <= high:
+        return None
+    return f"{low:g} must not exceed instance_reconnect_max ({high:g})"
+
+
+def _ping_fits_interval(interval: float, timeout: float) -> str | None:
+    if timeout < interval:
+        return None
+    return (f"{interval:g} must be above introspective_timeout ({timeout:g}): a round of "
+            "pings would not end before the next one starts")
+
+
+@dataclass(frozen=True)
+class MonitorsConfig:
+    """Node-local monitors (docs/monitors.md), as masakari-monitors has them: the process
+    monitor restarts compute-node processes and reports those it cannot restart (and when
+    they run again); the instance monitor turns libvirt events into VM notifications; the
+    introspective monitor pings QEMU guest agents. Each submits through this node's spool,
+    so what it reports survives a leader change or an agent restart. Keys are grouped by
+    monitor: `process_*`, `instance_*`, `introspective_*`; `libvirt_uri` serves the last two."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(("instance_reconnect_min", "instance_reconnect_max"), _backoff_ordered,
+             "`instance_reconnect_min` <= `instance_reconnect_max`"),
+        Rule(("introspective_interval", "introspective_timeout"), _ping_fits_interval,
+             "`introspective_timeout` < `introspective_interval`"),
+    )
+
+    process_enabled: bool = knob(
+        False,
+        "Run the process monitor. Off by default: it needs a process list written for the "
+        "host (which processes, how to restart them); on compute nodes list at least "
+        "nova-compute and libvirtd.")
+    process_list: Path = knob(
+        Path("/etc/hagent/process_list.yaml"),
+        "masakari-monitors' `process_list.yaml`, read as it is (an existing file can be used "
+        "unchanged). Read at start-up; a bad file stops start-up with the entry and field "
+        "named. Ignored when `process_list_inline` is set.")
+    process_list_inline: str = knob(
+        "",
+        "The same YAML list written inline (a TOML multi-line string), used instead of "
+        "`process_list` when not empty; checked when the config is loaded.",
+        check=(process_list_yaml,))
+    process_check_interval: float = knob(
+        5.0,
+        "Seconds between two looks at the process table (masakari-monitors' "
+        "`check_interval`): a dead process is noticed within this time. One look reads every "
+        "process's command line (a few ms on a busy host).", check=(positive,))
+    process_restart_retries: int = knob(
+        3,
+        "Restart attempts after the first one fails (masakari-monitors' `restart_retries`): "
+        "1 + 3 attempts before the process is reported STOPPED, which disables the host.",
+        check=(non_negative,))
+    process_restart_interval: float = knob(
+        5.0,
+        "Seconds an attempt waits for the process to appear before the next attempt "
+        "(masakari-monitors' `restart_interval`); the process is looked for throughout, so a "
+        "fast restart is confirmed at once.", check=(positive,))
+    process_command_timeout: float = knob(
+        90.0,
+        "Seconds any one start, restart, pre or post command may run before it is killed and "
+        "the attempt counts as failed; systemd's own default start timeout, so a "
+        "`systemctl restart` systemd still waits for is not cut short.", check=(positive,))
+    process_command_user: str = knob(
+        "nobody",
+        "User that runs the commands of entries with `run_as_root: False` when the agent runs "
+        "as root (masakari-monitors ran them as its own unprivileged user). Entries with "
+        "`run_as_root: True` run as the agent's user.", check=(user_name,))
+    libvirt_uri: str = knob(
+        "qemu:///system",
+        "libvirt connection of the instance and introspective monitors (masakari-monitors' "
+        "`connection_uri`); the lab uses `test+unix:///default?socket=...`.",
+        check=(libvirt_connection_uri,))
+    instance_enabled: bool = knob(
+        False,
+        "Run the instance monitor: libvirt lifecycle, reboot, watchdog and I/O error events "
+        "become VM notifications, mapped as masakari-monitors' event filter table maps them. "
+        "Off by default so that an agent on a host without libvirtd does not retry a "
+        "connection forever; turn it on on compute nodes.")
+    instance_reconnect_min: float = knob(
+        1.0,
+        "Seconds before the first reconnection attempt after libvirtd went away; each failed "
+        "attempt doubles the wait up to `instance_reconnect_max`. The gap is reported.",
+        check=(positive,))
+    instance_reconnect_max: float = knob(
+        30.0,
+        "Longest wait between reconnection attempts: a libvirtd restart (seconds) costs at "
+        "most one such wait of events, and a long outage costs one attempt per this period.",
+        check=(positive,))
+    instance_queue_size: int = knob(
+        10000,
+        "Events held between the libvirt callback and the spool. The callback never waits "
+        "while there is room, so a storm slows nothing; when full it waits (nothing is "
+        "dropped). 10 s of a 1,000 events/s storm fit, longer than a leader election.",
+        check=(positive,))
+    introspective_enabled: bool = knob(
+        False,
+        "Run the introspective monitor: `guest-ping` through the QEMU guest agent of every "
+        "domain that has a guest agent channel. Off by default, as in masakari-monitors.")
+    introspective_interval: float = knob(
+        10.0,
+        "Seconds between two pings of one guest (masakari-monitors' "
+        "`guest_monitoring_interval`): longer than a guest takes to power off gracefully, so "
+        "a shutdown is not mistaken for a hung agent.", check=(positive,))
+    introspective_timeout: float = knob(
+        2.0,
+        "Seconds a `guest-ping` may take before it counts as a failure (masakari-monitors' "
+        "`guest_monitoring_timeout`).", check=(positive,))
+    introspective_failures: int = knob(
+        3,
+        "Consecutive failed pings that report the guest (a VM notification "
+        "QEMU_GUEST_AGENT_ERROR; masakari-monitors' `guest_monitoring_failure_threshold`). "
+        "A successful ping resets the count.", check=(positive,))
+    introspective_concurrency: int = knob(
+        8,
+        "Pings in flight at once. A hung guest holds one slot for `introspective_timeout`, "
+        "so it cannot stall the others; 8 slots finish a round over 40 hung guests within "
+        "the 10 s interval (40 / 8 x 2 s).", check=(positive,))
+
+
 def _endpoints_per_voter(forward: ForwardConfig, raft: RaftConfig) -> str | None:
     if not forward.endpoints or len(forward.endpoints) == len(raft.voters):
         return None
@@ -665,6 +813,7 @@ class Config:
     gossip: GossipConfig = field(default_factory=GossipConfig)
     fencing: FencingConfig = field(default_factory=FencingConfig)
     detection: DetectionConfig = field(default_factory=DetectionConfig)
+    monitors: MonitorsConfig = field(default_factory=MonitorsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     @property
