@@ -139,3 +139,86 @@ def metrics_for(node: Any) -> AgentMetrics:
 
 
 register_agent_metrics = metrics_for
+
+
+# --- gossip (failure detection) -----------------------------------------------------------
+#: The membership core's counters, by the name the core gives them, as metric names and help.
+GOSSIP_COUNTERS = {
+    "probes_sent": ("probes", "Direct probes (pings) this node sent"),
+    "indirect_probes_sent": ("indirect_probes", "Indirect probe requests (ping-req) this node sent"),
+    "acks_received": ("acks", "Acks this node received"),
+    "nacks_received": ("nacks", "Nacks this node received (a relay could not reach the target)"),
+    "probe_failures": ("probe_failures", "Probes that got no ack, direct or indirect"),
+    "suspicions_raised": ("suspicions", "Times this node began to suspect a member"),
+    "suspicions_received": ("suspicions_received", "Suspicions of other members this node heard"),
+    "refutations": ("refutations", "Suspicions of this node it refuted (incarnation bumped)"),
+    "false_suspicions": ("false_suspicions", "Suspected members that proved alive again"),
+    "deaths_declared": ("deaths_declared", "Members this node declared dead"),
+    "push_pulls": ("push_pulls", "Full state exchanges (push-pull) this node took part in"),
+    "messages_in": ("protocol_messages_in", "Valid messages the protocol core processed"),
+    "messages_out": ("protocol_messages_out", "Messages the protocol core asked to send"),
+}
+
+
+class GossipCollector(Collector):
+    """Gossip figures of ``agent.membership`` (a MembershipService), read at scrape time from
+    one snapshot, so the receive loop only bumps plain counters."""
+
+    def __init__(self, agent: Any) -> None:
+        self._agent = agent
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        service = getattr(self._agent, "membership", None)
+        if service is None:
+            return
+        from hagent.membership.service import STATES
+        from hagent.membership.shell import DROP_IN_KINDS, DROP_OUT_KINDS
+
+        snap = service.snapshot()
+        p = f"{PREFIX}_gossip"
+        for key, value in sorted(snap.counters.items()):
+            name, doc = GOSSIP_COUNTERS.get(key, (key, f"Membership core counter {key}"))
+            yield CounterMetricFamily(f"{p}_{name}", doc, value=float(value))
+        wire = snap.wire
+        yield CounterMetricFamily(f"{p}_messages_received", "Gossip messages that arrived on this "
+                                  "node's socket, valid or not", value=float(wire.get("received", 0)))
+        yield CounterMetricFamily(f"{p}_messages_sent", "Gossip messages handed to a live "
+                                  "connection", value=float(wire.get("sent", 0)))
+        dropped = CounterMetricFamily(f"{p}_dropped_messages", "Gossip messages dropped: in "
+                                      "(malformed, version, oversized, internal) or out (no_key, "
+                                      "stalled, backlog, oversized, error)",
+                                      labels=["direction", "kind"])
+        for direction, kinds, counts in (("in", DROP_IN_KINDS, wire.get("dropped_in", {})),
+                                         ("out", DROP_OUT_KINDS, wire.get("dropped_out", {}))):
+            for kind in sorted(set(kinds) | set(counts)):
+                dropped.add_metric([direction, kind], float(counts.get(kind, 0)))
+        yield dropped
+        yield CounterMetricFamily(f"{p}_refused_keys", "CURVE handshakes on the gossip socket "
+                                  "refused: the key is not in security.allowed_keys",
+                                  value=float(wire.get("refused_keys", 0)))
+        yield GaugeMetricFamily(f"{p}_awareness_score", "Local health score (Lifeguard): 0 is "
+                                "healthy; probes are stretched by score + 1",
+                                value=float(snap.health_score))
+        yield GaugeMetricFamily(f"{p}_peer_sockets", "Outbound gossip sockets open",
+                                value=float(wire.get("peer_sockets", 0)))
+        members = GaugeMetricFamily(f"{p}_members", "Known members (this node included) by state",
+                                    labels=["state"])
+        counts = snap.by_state()
+        for state in sorted(set(STATES) | set(counts)):
+            members.add_metric([state], float(counts.get(state, 0)))
+        yield members
+
+
+_GOSSIP_ATTR = "_hagent_gossip_metrics"
+
+
+def register_gossip_metrics(agent: Any) -> None:
+    """Register the gossip collector on ``agent.registry`` once (it shows nothing while
+    ``agent.membership`` is None)."""
+    with _lock:
+        if getattr(agent.registry, _GOSSIP_ATTR, None) is None:
+            agent.registry.register(GossipCollector(agent))
+            setattr(agent.registry, _GOSSIP_ATTR, True)

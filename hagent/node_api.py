@@ -25,7 +25,9 @@ class AgentNode(Protocol):
         Keys: node, role (leader|follower|candidate|replica), voter (bool), leader
         (raft address or None), term, commit_index, applied_index, log_size,
         voters (list of {address, reachable}), notifications (counts by status),
-        ready (bool: joined the log and caught up).
+        ready (bool: joined the log and caught up). With gossip also: members (list of
+        {name, state, incarnation}) and membership ({address, members_by_state,
+        health_score}).
 
         A non-voter (role ``replica``) keeps no Raft state: it serves a copy of the status
         of the voter it talks to (refreshed every ~0.5 s; log_size None), plus
@@ -34,7 +36,20 @@ class AgentNode(Protocol):
         """
 
     def members(self) -> list[dict[str, Any]]:
-        """Known cluster members: {name, raft_address, voter, reachable}."""
+        """Known cluster members, safe to call from any thread.
+
+        With gossip (``gossip.bind`` set), one row per member this node's membership knows,
+        itself included, sorted by name: name, address (gossip host:port), state
+        (alive|suspect|dead|left), incarnation, last_heard_ago (seconds, None for itself),
+        confirmations (independent suspicions, 0 unless suspect), suspect_deadline_in
+        (seconds until a suspect is declared dead, or None), raft_address (a voter's, from
+        its gossip meta, else None), voter (bool). Without gossip: the Raft voters only,
+        {raft_address, voter, reachable, ...}.
+        """
+
+    def lease_expires_in(self, host: str, lease: dict[str, Any] | None) -> float | None:
+        """Seconds until ``host``'s lease runs out as this node judges it (negative: expired),
+        given its replicated lease record ({host, seq, renewed_at}) or None if it has none."""
 
     def is_leader(self) -> bool: ...
 

@@ -105,13 +105,29 @@ async def status(node: AgentNode, args: dict[str, Any]) -> Any:
 
 
 async def members(node: AgentNode, args: dict[str, Any]) -> Any:
+    """The node's member rows, each with its replicated lease: ``lease_seq`` (latest committed
+    renewal) and ``lease_expires_in`` (seconds, as this node judges it); both None when the
+    member has no lease or the replicated state cannot be read right now (membership is
+    still shown: that is when an operator needs it most)."""
     _no_unknown(args, set())
-    return node.members()
+    rows = [dict(row) for row in node.members()]
+    try:
+        leases = {lease["host"]: lease for lease in await node.query("list_leases")}
+    except (QueryError, Unavailable):
+        leases = None
+    # Nodes that hold no leases (a test double) say nothing about expiry.
+    expires_in = getattr(node, "lease_expires_in", None)
+    for row in rows:
+        lease = leases.get(row.get("name")) if leases is not None and "name" in row else None
+        row["lease_seq"] = lease["seq"] if lease else None
+        row["lease_expires_in"] = expires_in(row["name"], lease) if lease and expires_in else None
+    return rows
 
 
 # Status keys that are not about Raft; ``raft`` shows every other key, so fields the Raft
 # shell adds later (durable index, fsync counts, ...) appear without touching this file.
-NOT_RAFT_KEYS = frozenset({"notifications", "spool_depth", "submissions_total"})
+NOT_RAFT_KEYS = frozenset({"notifications", "spool_depth", "submissions_total", "members",
+                           "membership"})
 
 
 async def raft(node: AgentNode, args: dict[str, Any]) -> Any:

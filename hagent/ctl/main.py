@@ -36,7 +36,7 @@ NOTIFICATION_SHOW = ("created_at", "updated_at", "notification_uuid", "type", "s
                      "source_host_uuid", "source_node", "generated_time", "payload", "message")
 MEMBERS = ("name", "raft_address", "voter", "reachable")
 STATUS = ("node", "role", "voter", "leader", "term", "commit_index", "applied_index", "log_size",
-          "ready", "voters", "notifications")
+          "ready", "voters", "notifications", "membership", "members")
 
 RECOVERY_METHODS = ("auto", "reserved_host", "auto_priority", "rh_priority")
 NOTIFICATION_TYPES = ("COMPUTE_HOST", "PROCESS", "VM")
@@ -140,7 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
 
     verbs.add_parser("status", parents=[leaf], help="this agent: role, leader, term, indexes")
-    verbs.add_parser("members", parents=[leaf], help="cluster members and their reachability")
+    verbs.add_parser("members", parents=[leaf],
+                     help="cluster members: gossip state, incarnation, last heard, suspicion, "
+                          "lease, voter")
     verbs.add_parser("raft", parents=[leaf], help="this node's Raft state")
 
     # segment
@@ -263,12 +265,22 @@ def _columns(rows: list[dict[str, Any]], preferred: Sequence[str]) -> list[str]:
 
 
 def _fields(value: dict[str, Any]) -> str:
-    """Field/Value table of a status document; voters shown one per line."""
+    """Field/Value table of a status document; voters and members shown one per line."""
     value = dict(value)
     if isinstance(value.get("voters"), list):
         value["voters"] = [f"{v.get('address')} ({'reachable' if v.get('reachable') else 'unreachable'})"
                            if isinstance(v, dict) else v for v in value["voters"]]
+    if isinstance(value.get("members"), list):
+        value["members"] = [f"{m.get('name')} {m.get('state')} (incarnation {m.get('incarnation')})"
+                            if isinstance(m, dict) else m for m in value["members"]]
     return render.show_table(value, STATUS)
+
+
+def _members_table(rows: list[dict[str, Any]]) -> str:
+    """Gossip members (they have a ``state``); an agent without gossip lists its voters."""
+    if any("state" in r for r in rows):
+        return render.members_table(rows)
+    return render.list_table(rows, _columns(rows, MEMBERS))
 
 
 def run(ns: argparse.Namespace, parser: argparse.ArgumentParser, call: Call) -> int:
@@ -278,7 +290,7 @@ def run(ns: argparse.Namespace, parser: argparse.ArgumentParser, call: Call) -> 
     if verb in ("status", "raft"):
         _out(ns, _request(call, verb, {}), _fields)
     elif verb == "members":
-        _out(ns, _request(call, verb, {}), lambda rows: render.list_table(rows, _columns(rows, MEMBERS)))
+        _out(ns, _request(call, verb, {}), _members_table)
 
     elif verb == "segment.list":
         _out(ns, _request(call, verb, _list_query(ns, parser)),

@@ -61,3 +61,38 @@ def show_table(record: dict[str, Any], columns: Sequence[str], skip: Sequence[st
     keys = [c for c in columns if c in record]
     keys += sorted(k for k in record if k not in keys and k not in skip)
     return box(("Field", "Value"), ([k, record[k]] for k in keys))
+
+
+#: Columns of ``hagentctl members`` (gossip rows) and the row key each one shows.
+MEMBER_COLUMNS = ("name", "address", "state", "incarnation", "last heard", "suspicion",
+                  "lease expires", "voter")
+
+
+def seconds(value: float | None) -> str:
+    """A duration in seconds as a short text, ``-`` when unknown."""
+    return "-" if value is None else f"{value:.1f}s"
+
+
+def member_cells(row: dict[str, Any]) -> list[Any]:
+    """One gossip member row as the cells of MEMBER_COLUMNS."""
+    heard = row.get("last_heard_ago")
+    suspicion = "-"
+    if row.get("state") == "suspect":
+        suspicion = f"{row.get('confirmations', 0)} confirmations"
+        if row.get("suspect_deadline_in") is not None:
+            suspicion += f", dead in {seconds(row['suspect_deadline_in'])}"
+    lease = row.get("lease_expires_in")
+    if lease is None:
+        lease_text = "-"
+    elif lease < 0:
+        lease_text = f"expired {seconds(-lease)} ago"
+    else:
+        lease_text = f"in {seconds(lease)}"
+    return [row.get("name"), row.get("address"), row.get("state"), row.get("incarnation"),
+            "self" if heard is None else f"{seconds(heard)} ago", suspicion, lease_text,
+            bool(row.get("voter"))]
+
+
+def members_table(rows: list[dict[str, Any]]) -> str:
+    """``hagentctl members``: one line per member, the facts an operator checks first."""
+    return box(MEMBER_COLUMNS, (member_cells(r) for r in rows))
