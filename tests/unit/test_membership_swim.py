@@ -1,0 +1,308 @@
+"""Membership (swim.py) in virtual time: a tiny in-test network routes Output.messages between
+a handful of instances, with controllable drops and pauses. No sockets, no sleeps."""
+
+from __future__ import annotations
+
+import heapq
+import random
+from dataclasses import replace
+from typing import Callable
+
+import pytest
+
+from hagent.membership import (Ack, IndirectPing, MemberAlive, MemberDead, MemberRefuted,
+                               MemberState, Membership, MembershipKnobs, MemberSuspect, Nack, Ping,
+                               PushPull,
+                               encode)
+
+LATENCY = 0.001
+KNOBS = MembershipKnobs()
+
+
+class Net:
+    """Delivers messages after LATENCY, unless ``drop(src, dst, msg)`` says no; a paused node
+    buffers what it receives and runs no timers until resumed (like SIGSTOP)."""
+
+    def __init__(self, names: list[str], knobs: MembershipKnobs = KNOBS, seed: int = 1,
+                 join: bool = True) -> None:
+        self.now = 0.0
+        self.knobs = knobs
+        self.nodes: dict[str, Membership] = {}
+        self.events: list[tuple[float, str, object]] = []
+        self.sent: list[tuple[float, str, str, object]] = []
+        self.drop: Callable[[str, str, object], bool] = lambda s, d, m: False
+        self.dead: set[str] = set()
+        self.paused: dict[str, list[object]] = {}
+        self._q: list[tuple[float, int, str, str, object]] = []
+        self._n = 0
+        for i, name in enumerate(names):
+            self.nodes[name] = Membership(name, name, knobs, random.Random(seed * 1000 + i),
+                                          0.0, {"key": f"k-{name}"})
+        if join:
+            for name in names[1:]:
+                self.apply(name, self.nodes[name].join([names[0]], 0.0))
+            self.run(3.0)
+
+    def apply(self, src: str, out) -> None:
+        for ev in out.events:
+            self.events.append((self.now, src, ev))
+        for dst, msg in out.messages:
+            self.sent.append((self.now, src, dst, msg))
+            if dst in self.dead or self.drop(src, dst, msg):
+                continue
+            self._n += 1
+            heapq.heappush(self._q, (self.now + LATENCY, self._n, src, dst, msg))
+
+    def run(self, until: float) -> None:
+        while True:
+            t_msg = self._q[0][0] if self._q else float("inf")
+            name, t_tick = None, float("inf")
+            for n, m in self.nodes.items():
+                if n in self.dead or n in self.paused:
+                    continue
+                d = m.next_deadline()
+                if d < t_tick:
+                    name, t_tick = n, d
+            t = min(t_msg, t_tick)
+            if t > until:
+                self.now = until
+                return
+            self.now = max(self.now, t)
+            if t_msg <= t_tick:
+                _, _, src, dst, msg = heapq.heappop(self._q)
+                if dst in self.dead:
+                    continue
+                if dst in self.paused:
+                    self.paused[dst].append(msg)
+                    continue
+                self.apply(dst, self.nodes[dst].receive(msg, self.now))
+            else:
+                self.apply(name, self.nodes[name].tick(self.now))
+
+    def pause(self, name: str) -> None:
+        self.paused[name] = []
+
+    def resume(self, name: str) -> None:
+        for msg in self.paused.pop(name):
+            self.apply(name, self.nodes[name].receive(msg, self.now))
+        self.apply(name, self.nodes[name].tick(self.now))
+
+    def of(self, kind: type, subject: str | None = None, observer: str | None = None):
+        return [(t, o, e) for t, o, e in self.events if isinstance(e, kind)
+                and (subject is None or getattr(e, "name", None) == subject)
+                and (observer is None or o == observer)]
+
+    def states(self, subject: str) -> dict[str, str | None]:
+        return {n: m.member_state(subject) for n, m in self.nodes.items()
+                if n != subject and n not in self.dead}
+
+
+NAMES = [f"n{i}" for i in range(6)]
+
+
+def test_join_by_push_pull_gives_everyone_everyone() -> None:
+    net = Net(NAMES)
+    for name, m in net.nodes.items():
+        assert [r.name for r in m.members(net.now)] == NAMES
+        assert all(r.state == "alive" for r in m.members(net.now)), name
+        assert {r.name: r.meta for r in m.members(net.now)}["n3"] == {"key": "k-n3"}
+    assert any(isinstance(msg, PushPull) and msg.join for _, _, _, msg in net.sent)
+
+
+def test_probes_are_acked_and_nothing_is_suspected_on_a_healthy_network() -> None:
+    net = Net(NAMES)
+    net.run(60.0)
+    c = net.nodes["n1"].counters
+    assert c["probes_sent"] > 60 and c["acks_received"] == c["probes_sent"] - c["probe_failures"]
+    assert c["probe_failures"] == 0 and not net.of(MemberSuspect)
+    assert all(m.health_score == 0 for m in net.nodes.values())
+
+
+def test_indirect_probe_succeeds_when_the_direct_path_is_cut() -> None:
+    net = Net(NAMES)
+    cut = {("n0", "n1"), ("n1", "n0")}
+    net.drop = lambda s, d, m: (s, d) in cut
+    net.run(60.0)
+    assert net.nodes["n0"].counters["indirect_probes_sent"] > 0
+    assert not net.of(MemberSuspect)
+    assert net.states("n1")["n0"] == "alive"
+
+
+def test_silent_node_is_suspected_then_declared_dead_everywhere() -> None:
+    net = Net(NAMES)
+    net.dead.add("n5")
+    t0 = net.now
+    net.run(t0 + 15.0)
+    suspects = net.of(MemberSuspect, "n5")
+    deads = net.of(MemberDead, "n5")
+    assert suspects and deads
+    assert set(net.states("n5").values()) == {"dead"}
+    first_dead = min(t for t, _, _ in deads)
+    # Never before the minimum suspicion timeout after the first suspicion (safety) ...
+    assert first_dead - min(t for t, _, _ in suspects) >= KNOBS.suspicion_min_timeout(6) - 1e-9
+    # ... and confirmations brought the timeout down to about the minimum (speed).
+    assert first_dead - t0 < 2 * KNOBS.probe_interval + KNOBS.suspicion_min_timeout(6) + 2.0
+
+
+def test_suspected_live_node_refutes_with_a_higher_incarnation() -> None:
+    net = Net(NAMES)
+    victim = net.nodes["n2"]
+    # Only n0 loses its path to n2, direct and through relays: n0 suspects n2.
+    net.drop = lambda s, d, m: {s, d} == {"n0", "n2"} or (
+        s == "n0" and isinstance(m, IndirectPing) and m.target == "n2")
+    net.run(net.now + 20.0)
+    assert net.of(MemberSuspect, "n2")
+    assert net.of(MemberRefuted, "n2", observer="n2")
+    assert victim.incarnation >= 1 and victim.counters["refutations"] >= 1
+    assert not net.of(MemberDead, "n2")
+    assert set(net.states("n2").values()) == {"alive"}
+    assert sum(m.counters["false_suspicions"] for m in net.nodes.values()) >= 1
+
+
+def test_peer_unreachable_suspects_at_once_but_keeps_the_timeout() -> None:
+    net = Net(NAMES)
+    net.dead.add("n4")
+    t0 = net.now
+    net.apply("n0", net.nodes["n0"].peer_unreachable("n4", t0))
+    assert net.nodes["n0"].member_state("n4") == "suspect"
+    assert [e.source for _, _, e in net.of(MemberSuspect, "n4")] == ["n0"]
+    net.run(t0 + KNOBS.suspicion_min_timeout(6) - 0.01)
+    assert not net.of(MemberDead, "n4")
+    net.run(t0 + 15.0)
+    assert net.of(MemberDead, "n4")
+
+
+def test_three_second_pause_is_not_declared_dead_with_default_knobs() -> None:
+    for seed in range(8):
+        net = Net(NAMES, seed=seed)
+        for start in (4.0, 11.3, 19.77):
+            net.run(start)
+            net.pause("n3")
+            net.run(start + 3.0)
+            net.resume("n3")
+        net.run(30.0)
+        assert not net.of(MemberDead), seed
+        assert set(net.states("n3").values()) == {"alive"}, seed
+
+
+def test_paused_node_refutes_when_it_resumes() -> None:
+    net = Net(NAMES)
+    net.pause("n3")
+    net.run(net.now + 3.0)
+    net.resume("n3")
+    assert net.nodes["n3"].counters["pauses_detected"] == 1
+    assert net.of(MemberRefuted, "n3")
+
+
+def lone_node_with_peers(n: int = 6) -> Membership:
+    """A node that knows n peers (through one push-pull reply) and hears nothing more."""
+    me = Membership("a", "a", KNOBS, random.Random(7), 0.0)
+    rows = tuple(MemberState(f"p{i}", f"p{i}", 0, "alive") for i in range(n))
+    me.receive(PushPull("p0", "p0", False, True, rows), 0.0)
+    return me
+
+
+def test_awareness_stretches_probe_timeout_after_missed_nacks() -> None:
+    me = lone_node_with_peers()
+    pinged: dict[int, tuple[float, int]] = {}   # seq -> (time, health score when sent)
+    gaps: list[tuple[float, int]] = []
+    rounds: list[tuple[float, int]] = []
+    now = 0.0
+    while now < 30.0:
+        now = me.next_deadline()
+        score = me.health_score
+        for _, msg in me.tick(now).messages:
+            if isinstance(msg, Ping) and msg.seq not in pinged:
+                pinged[msg.seq] = (now, score)
+                rounds.append((now, score))
+            elif isinstance(msg, IndirectPing) and msg.seq in pinged:
+                t, s = pinged.pop(msg.seq)
+                gaps.append((now - t, s))
+    # Every failed probe missed 3 nacks: the score climbed to its maximum ...
+    assert me.health_score == KNOBS.awareness_max_multiplier - 1
+    # ... and each probe waited (score + 1) x probe_timeout before going indirect.
+    # (the score is read before the tick that may raise it, so compare multiples)
+    multiples = [gap / KNOBS.probe_timeout for gap, _ in gaps]
+    assert multiples[0] == pytest.approx(1.0)
+    assert max(multiples) == pytest.approx(KNOBS.awareness_max_multiplier)
+    assert all(abs(x - round(x)) < 1e-6 for x in multiples)
+    assert rounds[-1][0] - rounds[-2][0] == pytest.approx(
+        KNOBS.probe_interval * KNOBS.awareness_max_multiplier)
+
+
+def test_nacks_keep_the_health_score_down() -> None:
+    me = lone_node_with_peers(8)
+    while me.counters["probe_failures"] < 4:
+        now = me.next_deadline()
+        for _, msg in me.tick(now).messages:
+            if isinstance(msg, IndirectPing):   # the relays answer: target unreachable
+                me.receive(Nack(msg.target, msg.target, msg.seq), now + LATENCY)
+    assert me.counters["nacks_received"] == 3 * 4
+    assert me.health_score == 0
+
+
+def test_awareness_heals_once_acks_come_back() -> None:
+    net = Net(NAMES)
+    net.drop = lambda s, d, m: d == "n0" and isinstance(m, (Ack, Nack))
+    net.run(net.now + 5.0)
+    assert net.nodes["n0"].health_score > 0
+    net.drop = lambda s, d, m: False
+    net.run(net.now + 60.0)
+    assert net.nodes["n0"].health_score == 0
+
+
+def test_dead_member_comes_back_with_higher_incarnation() -> None:
+    net = Net(NAMES)
+    net.dead.add("n1")
+    net.run(net.now + 20.0)
+    assert set(net.states("n1").values()) == {"dead"}
+    net.dead.discard("n1")
+    # It learns it was declared dead (a push-pull from anyone reaches it) and refutes.
+    net.apply("n1", net.nodes["n1"].join(["n0"], net.now))
+    net.run(net.now + 5.0)
+    assert set(net.states("n1").values()) == {"alive"}
+    back = [e for _, o, e in net.of(MemberAlive, "n1") if e.incarnation > 0]
+    assert back
+
+
+def test_dead_member_is_forgotten_after_reclaim_time() -> None:
+    knobs = replace(KNOBS, dead_reclaim_time=30.0)
+    net = Net(NAMES, knobs=knobs)
+    net.dead.add("n1")
+    net.run(net.now + 20.0)
+    assert net.nodes["n0"].member_state("n1") == "dead"
+    net.run(net.now + 40.0)
+    assert net.nodes["n0"].member_state("n1") is None
+    assert "n1" not in [r.name for r in net.nodes["n0"].members(net.now)]
+
+
+def test_leave_is_reported_as_left_not_dead() -> None:
+    net = Net(NAMES)
+    net.apply("n5", net.nodes["n5"].leave(net.now))
+    net.dead.add("n5")
+    net.run(net.now + 20.0)
+    assert set(net.states("n5").values()) == {"left"}
+    assert not net.of(MemberDead, "n5")
+
+
+def test_same_seed_gives_identical_outputs() -> None:
+    def trace(seed: int) -> list[bytes]:
+        net = Net(NAMES, seed=seed)
+        net.drop = lambda s, d, m: hash((s, d, round(net.now, 3))) % 7 == 0
+        net.dead.add("n4")
+        net.run(40.0)
+        return [f"{t!r}{s}{d}".encode() + encode(m) for t, s, d, m in net.sent]
+
+    assert trace(3) == trace(3)
+    assert trace(3) != trace(4)
+
+
+def test_tick_is_idempotent_and_moves_the_deadline_past_now() -> None:
+    net = Net(NAMES)
+    m = net.nodes["n0"]
+    d = m.next_deadline()
+    assert d > net.now
+    out = m.tick(net.now)   # nothing due: nothing happens
+    assert not out.messages and not out.events
+    net.apply("n0", m.tick(d))
+    assert m.next_deadline() > d
