@@ -11,14 +11,24 @@ The backend is what kind of node this is:
 Everything else (spool, submitter, admin socket, status endpoint, metrics) is the same on
 both and talks to the backend only through ``Agent``, which implements
 ``hagent.node_api.AgentNode``.
+
+Failure detection runs beside them when ``gossip.bind`` is set: a ``MembershipService``
+(``hagent.membership.service``, SWIM over CURVE ZeroMQ) on the same loop, as
+``agent.membership``; its events reach other parts through ``agent.membership.subscribe``.
+
+``serve`` starts the agent's parts as a list of ``Component`` (start in order, stop in
+reverse, and only those that started): a new long-running part is one entry in
+``Agent.components``.
 """
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import signal
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
 
 from prometheus_client import CollectorRegistry
 
@@ -27,8 +37,10 @@ from hagent.admin.server import AdminServer
 from hagent.agent_replica import ReplicaBackend
 from hagent.agent_voter import VoterBackend
 from hagent.config import Config
+from hagent.forward.keys import read_key_pair
 from hagent.forward.metrics import register_forward_metrics
-from hagent.metrics import register_agent_metrics
+from hagent.membership.service import MembershipService
+from hagent.metrics import register_agent_metrics, register_gossip_metrics
 from hagent.spool import Spool
 from hagent.status_http import StatusServer
 from hagent.submitter import Submitter
@@ -42,6 +54,22 @@ JOIN_POLL = 0.05
 FATAL_POLL = 2.0
 
 
+@dataclass
+class Component:
+    """A long-running part of the agent: ``start()`` brings it up (raising if it cannot),
+    ``stop()`` takes it down; either may be a plain function or a coroutine function."""
+
+    name: str
+    start: Callable[[], Awaitable[None] | None]
+    stop: Callable[[], Awaitable[None] | None]
+
+
+async def _call(fn: Callable[[], Awaitable[None] | None]) -> None:
+    result = fn()
+    if inspect.isawaitable(result):
+        await result
+
+
 class Agent:
     """One node's agent; implements hagent.node_api.AgentNode."""
 
@@ -49,10 +77,18 @@ class Agent:
         self.config = config
         self.name = config.node.name
         self.registry = CollectorRegistry()
+        self.lease_ttl = config.fencing.lease_ttl
         state_dir = config.node.state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
         backend_class = VoterBackend if config.is_voter else ReplicaBackend
         self.backend: VoterBackend | ReplicaBackend = backend_class(config, self.name)
+        self.membership: MembershipService | None = None
+        if config.gossip.bind:
+            self.membership = MembershipService(config, read_key_pair(config.security.key_file),
+                                                self.name)
+        else:
+            log.warning("gossip.bind is empty: this node takes no part in failure detection, "
+                        "so nobody notices if it dies; set gossip.bind (docs/configuration.md)")
         self.spool = Spool(state_dir / "spool")
         self.submitter = Submitter(
             propose=self.propose,
@@ -65,18 +101,51 @@ class Agent:
             # PROPOSE_TIMEOUT, a non-voter within forward.timeout per voter): no second timer.
             propose_timeout=None,
         )
+        self.admin = AdminServer(self, config.admin)
+        self.status_server = StatusServer(self, config.status.bind)
         register_agent_metrics(self)
         register_forward_metrics(self)
+        register_gossip_metrics(self)
+
+    def components(self) -> list[Component]:
+        """The parts ``serve`` starts, in start order (stopped in reverse): the log first
+        (everything else needs it), membership before the admin socket and the status
+        endpoint that show it, the submitter last (it proposes at once)."""
+        parts = [Component("backend", self.backend.start, self.backend.stop)]
+        if self.membership is not None:
+            parts.append(Component("membership", self.membership.start, self.membership.stop))
+        parts += [
+            Component("admin socket", self.admin.start, self.admin.stop),
+            Component("status endpoint", self.status_server.start, self.status_server.stop),
+            Component("submitter", self.submitter.start, self.submitter.stop),
+        ]
+        return parts
 
     # --- AgentNode -------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         status = self.backend.status()
         status["node"] = self.name
         status["spool_depth"] = self.submitter.pending_count()
+        if self.membership is not None:
+            snap = self.membership.snapshot()
+            status["members"] = [{"name": m["name"], "state": m["state"],
+                                  "incarnation": m["incarnation"]} for m in snap.members]
+            status["membership"] = {"address": self.membership.address,
+                                    "members_by_state": snap.by_state(),
+                                    "health_score": snap.health_score}
         return status
 
     def members(self) -> list[dict[str, Any]]:
+        if self.membership is not None:
+            return self.membership.members()
         return self.backend.members()
+
+    def lease_expires_in(self, host: str, lease: dict[str, Any] | None) -> float | None:
+        """Seconds until ``host``'s lease runs out, judged from its latest committed renewal
+        (``lease``: the replicated record, renewed_at = the renewing host's wall clock)."""
+        if lease is None:
+            return None
+        return lease["renewed_at"] + self.lease_ttl - time.time()
 
     def is_leader(self) -> bool:
         return self.backend.is_leader()
@@ -134,25 +203,21 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     agent = Agent(config)
-    admin = AdminServer(agent, config.admin)
-    status_server = StatusServer(agent, config.status.bind)
     tasks: list[asyncio.Task] = []
     exit_status = [0]
-    started = False
+    started: list[Component] = []
     try:
-        await agent.backend.start()
-        started = True
-        await admin.start()
-        status_server.start()
-        await agent.submitter.start()
+        for part in agent.components():
+            await _call(part.start)
+            started.append(part)
         tasks.append(asyncio.create_task(_exit_on_fatal(agent, stop, exit_status)))
         interval = sdnotify.watchdog_interval()
         if interval:
             tasks.append(asyncio.create_task(_watchdog_pings(interval / 2)))
-        log.info("started: %s, raft %s, forward %s, admin %s, status http://%s",
+        log.info("started: %s, raft %s, forward %s, gossip %s, admin %s, status http://%s",
                  agent.backend.kind, config.raft.bind or "(none: non-voter)",
                  config.forward_bind or ("client" if not config.is_voter else "off"),
-                 config.admin.socket, config.status.bind)
+                 config.gossip.bind or "off", config.admin.socket, config.status.bind)
         if await _wait_ready(agent, stop):
             leader = agent.status()["leader"]
             sdnotify.ready()
@@ -164,11 +229,11 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
     finally:
         for task in tasks:
             task.cancel()
-        await agent.submitter.stop()
-        await admin.stop()
-        status_server.stop()
-        if started:
-            await agent.backend.stop()
-        elif isinstance(agent.backend, VoterBackend):
-            agent.backend.raft.close()
+        for part in reversed(started):
+            try:
+                await _call(part.stop)
+            except Exception:  # stop the rest regardless
+                log.exception("stopping the %s failed", part.name)
+        if not started and isinstance(agent.backend, VoterBackend):
+            agent.backend.raft.close()  # built in Agent(), never started
     return exit_status[0]
