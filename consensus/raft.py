@@ -206,6 +206,9 @@ class RaftNode:
         self._duplicate_interval = getattr(state, "duplicate_interval", 180.0)
         self._role = "follower" if self_address is not None else "replica"
         self._on_role_change = on_role_change
+        #: Called as fn(command, result) after each committed command is applied here (Raft
+        #: thread). A tuple replaced whole, so apply reads it without a lock.
+        self._apply_observers: tuple[Callable[[dict, dict], None], ...] = ()
         #: Set (with a reason) when the node stopped itself because it cannot continue
         #: safely; status() reports it and the daemon should exit.
         self.fatal_error: str | None = None
@@ -308,6 +311,16 @@ class RaftNode:
 
         self._machine.apply_command(command, callback=done)
 
+    def add_apply_observer(self, fn: Callable[[dict, dict], None]) -> None:
+        """Call ``fn(command, result)`` after every committed command this node applies,
+        in the Raft thread, outside the state lock (also for entries replayed at start;
+        not for those a snapshot installs). ``fn`` must be quick and must not block: hand
+        work to another thread. An exception in it is logged and ignored."""
+        self._apply_observers = (*self._apply_observers, fn)
+
+    def remove_apply_observer(self, fn: Callable[[dict, dict], None]) -> None:
+        self._apply_observers = tuple(f for f in self._apply_observers if f is not fn)
+
     def read(self, fn: Callable[[ClusterState], T]) -> T:
         """``fn(state)`` under the lock apply holds; safe from any thread. Keep fn short."""
         with self._lock:
@@ -366,10 +379,17 @@ class RaftNode:
     def _apply(self, command: dict) -> dict:
         with self._lock:
             try:
-                return self._state.apply(command)
+                result = self._state.apply(command)
             except Exception as exc:  # apply promises not to raise; never stop the log
                 log.exception("ClusterState.apply raised on a committed command")
-                return {"ok": False, "error": f"internal error {type(exc).__name__}: {exc}"}
+                result = {"ok": False, "error": f"internal error {type(exc).__name__}: {exc}"}
+        if self._apply_observers:
+            for fn in self._apply_observers:
+                try:
+                    fn(command, result)
+                except Exception:
+                    log.exception("apply observer raised")
+        return result
 
     def _on_state_changed(self, old: int, new: int) -> None:
         old_name, new_name = _ROLES.get(old, str(old)), _ROLES.get(new, str(new))

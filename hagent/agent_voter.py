@@ -4,17 +4,23 @@ server that lets non-voters propose and read through this voter.
 pysyncobj runs Raft in its own thread; proposal callbacks come back to the asyncio loop with
 ``call_soon_threadsafe``. The forward server runs on the loop and calls ``propose``,
 ``query``, ``status`` and ``leader`` below for the non-voters.
+
+Lease renewals, this node's own and those non-voters forward here, are grouped into few
+log entries by a ``RenewalBatcher`` (``hagent.fencing.renewals``). Other parts of the agent
+watch the log through ``add_apply_observer`` and ``add_role_observer`` (the lease service
+feeds its leader-side ``LeaseJudge`` from them).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 from consensus.raft import RaftNode
 from consensus.state import ClusterState
 from hagent.config import Config
+from hagent.fencing.renewals import RenewalBatcher, batchable
 from hagent.forward.keys import read_key_pair
 from hagent.forward.server import ForwardServer
 from hagent.queries import run_query
@@ -38,6 +44,7 @@ class VoterBackend:
         # Read the key pair first: a bad key file stops start-up before Raft binds.
         key_pair = read_key_pair(config.security.key_file) if config.forwarding else None
         self.state = ClusterState(duplicate_interval=config.notifications.duplicate_interval)
+        self._role_observers: tuple[Callable[[str, int], None], ...] = ()
         self.raft = RaftNode(
             self_address=config.raft.bind,
             voters=list(config.raft.voters),
@@ -46,7 +53,9 @@ class VoterBackend:
             options=config.raft,
             state=self.state,
             node_name=node_name,
+            on_role_change=self._role_changed,
         )
+        self.renewals = RenewalBatcher(self._propose)
         self.forward: ForwardServer | None = None
         if key_pair is not None:
             self.forward = ForwardServer(self, config.forward_bind, key_pair,
@@ -59,7 +68,36 @@ class VoterBackend:
     async def stop(self) -> None:
         if self.forward is not None:
             await self.forward.stop()
+        await self.renewals.close()
         self.raft.close()
+
+    # --- watching the log -------------------------------------------------------------------
+    def add_apply_observer(self, fn: Callable[[dict, dict], None]) -> None:
+        """``fn(command, result)`` after each entry is applied here; see
+        ``RaftNode.add_apply_observer`` (Raft thread: hand work to the loop)."""
+        self.raft.add_apply_observer(fn)
+
+    def remove_apply_observer(self, fn: Callable[[dict, dict], None]) -> None:
+        self.raft.remove_apply_observer(fn)
+
+    def add_role_observer(self, fn: Callable[[str, int], None]) -> None:
+        """``fn(role, term)`` on every Raft role change (``leader``, ``follower``,
+        ``candidate``), in the Raft thread; and once at once, from the caller's thread, with
+        the current role, so no change between two looks is missed. A change racing with
+        that first call may be reported twice: observers compare terms."""
+        self._role_observers = (*self._role_observers, fn)
+        status = self.raft.status()
+        fn(status["role"], status["term"])
+
+    def remove_role_observer(self, fn: Callable[[str, int], None]) -> None:
+        self._role_observers = tuple(f for f in self._role_observers if f is not fn)
+
+    def _role_changed(self, old: str, new: str, term: int) -> None:
+        for fn in self._role_observers:
+            try:
+                fn(new, term)
+            except Exception:
+                log.exception("role observer raised")
 
     # --- reads ------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -110,7 +148,13 @@ class VoterBackend:
     # --- writes -----------------------------------------------------------------------------
     async def propose(self, command: dict[str, Any]) -> dict[str, Any]:
         """``ClusterState.apply``'s answer once committed and applied here, or a retryable
-        failure; answers within ``PROPOSE_TIMEOUT`` whatever pysyncobj does."""
+        failure; answers within ``PROPOSE_TIMEOUT`` (plus the renewal batch window for a
+        lease renewal) whatever pysyncobj does."""
+        if batchable(command):
+            return await self.renewals.renew(command)
+        return await self._propose(command)
+
+    async def _propose(self, command: dict[str, Any]) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()
 
