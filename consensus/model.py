@@ -45,6 +45,17 @@ NOTIFICATION_TRANSITIONS: dict[str, frozenset[str]] = {
 # the segment and its hosts.
 UNDER_RECOVERY_STATUSES = frozenset({"new", "running", "error"})
 
+# How a host incident was fenced (``host.fenced``): its lease ran out on the leader, or a
+# fence driver confirmed the power is off (docs/detection.md).
+FENCE_METHODS = ("lease", "ipmi", "redfish")
+
+# The payloads of the COMPUTE_HOST notifications hagent's failure detection stores, in the
+# form masakari-monitors' host monitor sends (hostmonitor/host_handler/handle_host.py,
+# _make_event): host_status UNKNOWN until the host is known to be powered off (fenced), then
+# NORMAL, the only value Masakari's engine recovers a host for.
+HOST_DOWN_PAYLOAD = {"event": "STOPPED", "cluster_status": "OFFLINE", "host_status": "UNKNOWN"}
+HOST_UP_PAYLOAD = {"event": "STARTED", "cluster_status": "ONLINE", "host_status": "NORMAL"}
+
 # Masakari: masakari/objects/fields.py (VMoveStatus).
 VMOVE_STATUSES = ("pending", "ongoing", "ignored", "failed", "succeeded")
 
@@ -210,3 +221,43 @@ class Lease:
 
     def record(self) -> dict[str, Any]:
         return {"host": self.host, "seq": self.seq, "renewed_at": self.renewed_at}
+
+
+@dataclass
+class Incident:
+    """One failure of one host, from the STOPPED notification that opened it to the STARTED
+    one that closed it (``host.down`` / ``host.fenced`` / ``host.up``, docs/detection.md).
+
+    A host has at most one open incident; once closed, the last one is kept for the
+    operator until the next one closes. Keyed by host name, as gossip names hosts."""
+
+    hostname: str
+    host_uuid: str
+    notification_uuid: str  # the STOPPED notification
+    source_node: str        # the leader that declared the host down
+    opened_at: str
+    fence_method: str | None = None
+    fence_detail: str | None = None
+    fenced_at: str | None = None
+    closed_at: str | None = None
+    up_notification_uuid: str | None = None  # the STARTED one (None: host no longer registered)
+
+    @property
+    def is_open(self) -> bool:
+        return self.closed_at is None
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "hostname": self.hostname,
+            "status": "open" if self.is_open else "closed",
+            "host_uuid": self.host_uuid,
+            "notification_uuid": self.notification_uuid,
+            "source_node": self.source_node,
+            "opened_at": self.opened_at,
+            "fenced": self.fenced_at is not None,
+            "fence_method": self.fence_method,
+            "fence_detail": self.fence_detail,
+            "fenced_at": self.fenced_at,
+            "closed_at": self.closed_at,
+            "up_notification_uuid": self.up_notification_uuid,
+        }

@@ -10,15 +10,19 @@ rebuilds them.
 Format 1: ``{"format": 1, "segments": [...], "hosts": [...], "notifications": [...],
 "leases": [...]}``, each list in insertion order (that order breaks ties in listings), each
 item the record's fields by name; a notification carries ``accepted`` and its ``vmoves``.
+
+Format 2 (written now) adds ``"incidents": [...]``: every open incident and each host's last
+closed one, sorted by (host name, open first), each item the Incident's fields by name. A
+format 1 snapshot reads as one without incidents (it predates them).
 """
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any, Iterable
 
-from consensus.model import Host, Lease, Notification, Segment, VMove
+from consensus.model import Host, Incident, Lease, Notification, Segment, VMove
 
-FORMAT = 1
+FORMAT = 2
 
 _SEGMENT = ("uuid", "name", "description", "recovery_method", "service_type", "enabled",
             "created_at", "updated_at")
@@ -30,6 +34,8 @@ _NOTIFICATION = ("notification_uuid", "type", "hostname", "source_host_uuid",
 _VMOVE = ("instance_uuid", "instance_name", "type", "status", "source_host", "dest_host",
           "message", "start_time", "end_time", "created_at", "updated_at")
 _LEASE = ("host", "seq", "renewed_at")
+_INCIDENT = ("hostname", "host_uuid", "notification_uuid", "source_node", "opened_at",
+             "fence_method", "fence_detail", "fenced_at", "closed_at", "up_notification_uuid")
 
 
 class SnapshotFormatError(ValueError):
@@ -41,7 +47,8 @@ def _fields(obj: Any, names: tuple[str, ...]) -> dict[str, Any]:
 
 
 def dump(segments: Iterable[Segment], hosts: Iterable[Host],
-         notifications: Iterable[Notification], leases: Iterable[Lease]) -> dict[str, Any]:
+         notifications: Iterable[Notification], leases: Iterable[Lease],
+         incidents: Iterable[Incident]) -> dict[str, Any]:
     """Copies of every record; nothing in the result is shared with the live state."""
     out_notifications = []
     for n in notifications:
@@ -55,10 +62,13 @@ def dump(segments: Iterable[Segment], hosts: Iterable[Host],
         "hosts": [_fields(h, _HOST) for h in hosts],
         "notifications": out_notifications,
         "leases": [_fields(lease, _LEASE) for lease in leases],
+        "incidents": [_fields(i, _INCIDENT) for i in sorted(
+            incidents, key=lambda i: (i.hostname, not i.is_open))],
     }
 
 
-def load(data: Any) -> tuple[list[Segment], list[Host], list[Notification], list[Lease]]:
+def load(data: Any) -> tuple[list[Segment], list[Host], list[Notification], list[Lease],
+                             list[Incident]]:
     """Records from a snapshot document; raises SnapshotFormatError when it can't."""
     if not isinstance(data, dict) or not isinstance(data.get("format"), int):
         raise SnapshotFormatError("not an hagent snapshot: no integer 'format' field")
@@ -80,7 +90,9 @@ def load(data: Any) -> tuple[list[Segment], list[Host], list[Notification], list
                 n.vmoves[vm["instance_uuid"]] = VMove(**{k: vm[k] for k in _VMOVE})
             notifications.append(n)
         leases = [Lease(**{k: lease[k] for k in _LEASE}) for lease in data["leases"]]
+        incidents = [Incident(**{k: i[k] for k in _INCIDENT})
+                     for i in (data["incidents"] if version >= 2 else [])]
     except (KeyError, TypeError, ValueError) as exc:
         raise SnapshotFormatError(f"snapshot format {version} is malformed: "
                                   f"{type(exc).__name__}: {exc}") from None
-    return segments, hosts, notifications, leases
+    return segments, hosts, notifications, leases, incidents

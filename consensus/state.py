@@ -1,4 +1,5 @@
-"""The replicated state machine: Masakari's segments, hosts and notifications, plus leases.
+"""The replicated state machine: Masakari's segments, hosts and notifications, plus leases
+and host incidents.
 
 `ClusterState.apply` is the only way to change the state. Each committed log entry is one
 command dict; every replica applies the same commands in the same order and must reach the
@@ -17,9 +18,10 @@ from typing import Any, Callable, Mapping
 
 from consensus import snapshot, validate as v
 from consensus.model import (
-    NOTIFICATION_STATUSES, NOTIFICATION_TRANSITIONS, NOTIFICATION_TYPES, RECOVERY_METHODS,
-    UNDER_RECOVERY_STATUSES, VMOVE_FINAL, VMOVE_INITIAL, VMOVE_STATUSES, VMOVE_TRANSITIONS,
-    Host, Lease, Notification, Segment, VMove,
+    FENCE_METHODS, HOST_DOWN_PAYLOAD, HOST_UP_PAYLOAD, NOTIFICATION_STATUSES,
+    NOTIFICATION_TRANSITIONS, NOTIFICATION_TYPES, RECOVERY_METHODS, UNDER_RECOVERY_STATUSES,
+    VMOVE_FINAL, VMOVE_INITIAL, VMOVE_STATUSES, VMOVE_TRANSITIONS, Host, Incident, Lease,
+    Notification, Segment, VMove,
 )
 from consensus.payload import check_payload
 from consensus.queries import (
@@ -42,6 +44,15 @@ _HOST_SORT_KEYS = ("created_at", "updated_at", "name", "uuid", "type", "reserved
 _NOTIFICATION_SORT_KEYS = ("created_at", "updated_at", "generated_time", "notification_uuid",
                            "type", "status", "hostname", "source_host_uuid")
 
+# host.fenced's ``detail`` (a fence driver's answer) is kept in the log: bound it.
+_FENCE_DETAIL_MAX = 1000
+
+
+def _duplicate_key(notification: Notification) -> tuple[Any, ...]:
+    """What Masakari's duplicate check compares: type, source host and payload."""
+    return (notification.type, notification.source_host_uuid,
+            tuple(sorted(notification.payload.items())))
+
 
 def _command(op: str) -> Callable[[_Handler], _Handler]:
     def register(handler: _Handler) -> _Handler:
@@ -51,7 +62,7 @@ def _command(op: str) -> Callable[[_Handler], _Handler]:
 
 
 class ClusterState:
-    """Segments, hosts, notifications (with their vmoves) and host leases.
+    """Segments, hosts, notifications (with their vmoves), host leases and host incidents.
 
     ``duplicate_interval`` is Masakari's ``duplicate_notification_detection_interval`` in
     seconds; it comes from config and must be the same on every replica.
@@ -69,6 +80,9 @@ class ClusterState:
         self._host_names: dict[str, str] = {}
         self._notifications: dict[str, Notification] = {}
         self._leases: dict[str, Lease] = {}
+        # Host name -> its open incident; host name -> its last closed one (docs/detection.md).
+        self._incidents: dict[str, Incident] = {}
+        self._closed_incidents: dict[str, Incident] = {}
         # Derived indexes, rebuilt on restore; they keep submit and the queries the leader
         # runs often (notifications by status) independent of the number of notifications.
         self._by_status: dict[str, dict[str, None]] = {s: {} for s in NOTIFICATION_STATUSES}
@@ -195,7 +209,7 @@ class ClusterState:
     def _host_update(self, cmd: dict[str, Any], at: float) -> dict[str, Any]:
         """Masakari refuses to update a host whose segment is under recovery. hagent still
         lets ``reserved`` and ``on_maintenance`` change then: its recovery engine changes
-        them mid-recovery through this same log."""
+        them mid-recovery through this same log. A renamed host keeps its incidents."""
         fields = ("name", "type", "control_attributes", "reserved", "on_maintenance")
         v.check_keys(cmd, ("host",), ("segment", *fields))
         host = self._find_host(cmd["host"], cmd.get("segment"))
@@ -219,21 +233,28 @@ class ClusterState:
             self._refuse_if_under_recovery(self._segments[host.segment_uuid],
                                            f"host {host.uuid} can't be updated")
         del self._host_names[host.name]
+        old_name = host.name
         for key, value in changes.items():
             setattr(host, key, value)
         self._host_names[host.name] = host.uuid
+        if host.name != old_name:
+            self._rename_incidents(old_name, host.name)
         host.updated_at = v.iso_from_epoch(at)
         return host.record(self._segments[host.segment_uuid])
 
     @_command("host.delete")
     def _host_delete(self, cmd: dict[str, Any], at: float) -> None:
-        """Masakari refuses to delete a host whose segment is under recovery."""
+        """Masakari refuses to delete a host whose segment is under recovery. The host's
+        incidents (open and last closed) are forgotten with it."""
         v.check_keys(cmd, ("host",), ("segment",))
         host = self._find_host(cmd["host"], cmd.get("segment"))
         self._refuse_if_under_recovery(self._segments[host.segment_uuid],
                                        f"host {host.uuid} can't be deleted")
         del self._hosts[host.uuid]
         del self._host_names[host.name]
+        # Its incidents go with it: a host that is no longer registered gets no notifications.
+        self._incidents.pop(host.name, None)
+        self._closed_incidents.pop(host.name, None)
         return None
 
     @_command("notification.submit")
@@ -256,29 +277,41 @@ class ClusterState:
             return self._notifications[uuid].record()
         ntype = v.choice(cmd["type"], "type", NOTIFICATION_TYPES)
         hostname = v.hostname(cmd["hostname"], "hostname")
-        generated, generated_ts = v.generated_time(cmd["generated_time"], "generated_time")
+        generated = v.generated_time(cmd["generated_time"], "generated_time")
         payload = check_payload(ntype, cmd["payload"])
         source_node = v.name(cmd["source_node"], "source_node")
+        host = self._registered_host(hostname)
+        return self._store_notification(uuid, ntype, host, generated, payload, source_node, at,
+                                        check_duplicates=True).record()
+
+    def _registered_host(self, hostname: str) -> Host:
         host_uuid = self._host_names.get(hostname)
         if host_uuid is None:
             raise CommandError(f"no host named {hostname!r} is registered in any segment")
-        host = self._hosts[host_uuid]
+        return self._hosts[host_uuid]
 
-        key = (ntype, host.uuid, tuple(sorted(payload.items())))
-        latest = self._latest.get(key)
+    def _store_notification(self, uuid: str, ntype: str, host: Host,
+                            generated: tuple[str, float], payload: dict[str, str],
+                            source_node: str, at: float, check_duplicates: bool) -> Notification:
+        """Store a checked, new notification: ``ignored`` when the host is on maintenance
+        or (``check_duplicates``) it duplicates an accepted one, else ``new``. Changes the
+        state, so callers call it only once every argument has been checked."""
+        generated_time, generated_ts = generated
+        latest = self._latest.get((ntype, host.uuid, tuple(sorted(payload.items()))))
         status, message = "new", None
         if host.on_maintenance:
-            status, message = "ignored", f"host {hostname} is on maintenance"
-        elif latest is not None and latest[0] >= generated_ts - self.duplicate_interval:
+            status, message = "ignored", f"host {host.name} is on maintenance"
+        elif (check_duplicates and latest is not None
+              and latest[0] >= generated_ts - self.duplicate_interval):
             status = "ignored"
             message = f"duplicate of notification {latest[1]} (within {self.duplicate_interval:g} s)"
         notification = Notification(
-            notification_uuid=uuid, type=ntype, hostname=hostname, source_host_uuid=host.uuid,
-            failover_segment_uuid=host.segment_uuid, generated_time=generated,
+            notification_uuid=uuid, type=ntype, hostname=host.name, source_host_uuid=host.uuid,
+            failover_segment_uuid=host.segment_uuid, generated_time=generated_time,
             generated_ts=generated_ts, payload=payload, status=status, source_node=source_node,
             message=message, created_at=v.iso_from_epoch(at), accepted=status == "new")
         self._insert_notification(notification)
-        return notification.record()
+        return notification
 
     @_command("notification.transition")
     def _notification_transition(self, cmd: dict[str, Any], at: float) -> dict[str, Any]:
@@ -365,6 +398,112 @@ class ClusterState:
                 lease.seq, lease.renewed_at = seq, at
         return {name: self._leases[name].record() for name in renewals}
 
+    @_command("host.down")
+    def _host_down(self, cmd: dict[str, Any], at: float) -> dict[str, Any] | None:
+        """Open an incident for a host that gossip declared dead, with its COMPUTE_HOST
+        STOPPED notification (payload HOST_DOWN_PAYLOAD), stored as notification.submit
+        stores one; the incident record is returned.
+
+        Exactly one notification per failure: while the host has an open incident, every
+        host.down (a resend, another leader's decision) returns that incident unchanged. A
+        ``notification_uuid`` already stored returns the incident it opened. ``previous``
+        (optional) is the STOPPED uuid of the host's last closed incident as the proposer
+        saw it (null: none); when it is given and differs, the proposal is older than that
+        incident's end (a delayed resend) and changes nothing: None is returned. Unlike
+        notification.submit, no duplicate check: an incident is a new failure by
+        construction, and Masakari's window would silently ignore a real second failure
+        within ``duplicate_interval``. A host on maintenance gets an ``ignored`` STOPPED (as
+        submit does) and an open incident all the same, so it is not declared down again.
+        An unregistered host is refused.
+        """
+        v.check_keys(cmd, ("hostname", "notification_uuid", "generated_time", "source_node"),
+                     ("previous",))
+        hostname = v.hostname(cmd["hostname"], "hostname")
+        uuid = v.uuid(cmd["notification_uuid"], "notification_uuid")
+        generated = v.generated_time(cmd["generated_time"], "generated_time")
+        source_node = v.name(cmd["source_node"], "source_node")
+        previous = v.uuid_or_none(cmd.get("previous"), "previous")
+        incident = self._incidents.get(hostname)
+        if incident is not None:
+            return self._incident_record(incident)
+        closed = self._closed_incidents.get(hostname)
+        if uuid in self._notifications:
+            if closed is not None and closed.notification_uuid == uuid:
+                return self._incident_record(closed)
+            raise CommandError(f"notification_uuid {uuid} is already used by another "
+                               f"notification; a new host.down needs a new uuid")
+        if "previous" in cmd and previous != (closed.notification_uuid if closed else None):
+            return None
+        host = self._registered_host(hostname)
+        notification = self._store_notification(uuid, "COMPUTE_HOST", host, generated,
+                                                dict(HOST_DOWN_PAYLOAD), source_node, at,
+                                                check_duplicates=False)
+        incident = Incident(hostname=hostname, host_uuid=host.uuid, notification_uuid=uuid,
+                            source_node=source_node, opened_at=v.iso_from_epoch(at))
+        self._incidents[hostname] = incident
+        return self._incident_record(incident, notification)
+
+    @_command("host.fenced")
+    def _host_fenced(self, cmd: dict[str, Any], at: float) -> dict[str, Any] | None:
+        """Record that the host of an open incident is fenced (its lease ran out on the
+        leader, or a fence driver confirmed power off) and set its STOPPED notification's
+        host_status to NORMAL: only then may recovery evacuate it (Masakari's engine
+        ignores other values). Idempotent: an incident already fenced is returned
+        unchanged. Without an open incident, or when ``incident`` (optional: the STOPPED
+        uuid the evidence is about) names another one, nothing changes and None is
+        returned: evidence about an earlier failure must never fence a later one."""
+        v.check_keys(cmd, ("hostname", "method", "detail"), ("incident",))
+        hostname = v.hostname(cmd["hostname"], "hostname")
+        method = v.choice(cmd["method"], "method", FENCE_METHODS)
+        detail = v.text(cmd["detail"], "detail", _FENCE_DETAIL_MAX)
+        expected = v.uuid_or_none(cmd.get("incident"), "incident")
+        incident = self._incidents.get(hostname)
+        if incident is None or ("incident" in cmd and expected != incident.notification_uuid):
+            return None
+        if incident.fenced_at is None:
+            incident.fence_method, incident.fence_detail = method, detail
+            incident.fenced_at = v.iso_from_epoch(at)
+            notification = self._notifications[incident.notification_uuid]
+            self._set_payload(notification, {**notification.payload, "host_status": "NORMAL"})
+            notification.updated_at = incident.fenced_at
+        return self._incident_record(incident)
+
+    @_command("host.up")
+    def _host_up(self, cmd: dict[str, Any], at: float) -> dict[str, Any] | None:
+        """Close the host's open incident with a COMPUTE_HOST STARTED notification
+        (payload HOST_UP_PAYLOAD, stored as submit stores one, so ``ignored`` while the
+        host is on maintenance, as Masakari's API refuses it then); returns the closed
+        incident. The closed incident replaces the host's previous closed one.
+
+        Without an open incident, or when ``incident`` (optional: the STOPPED uuid of the
+        incident meant) names another one, nothing changes and None is returned; a
+        ``notification_uuid`` already stored returns the incident it closed, or None. A
+        host deleted meanwhile has no incident to close.
+        """
+        v.check_keys(cmd, ("hostname", "notification_uuid", "generated_time", "source_node"),
+                     ("incident",))
+        hostname = v.hostname(cmd["hostname"], "hostname")
+        uuid = v.uuid(cmd["notification_uuid"], "notification_uuid")
+        generated = v.generated_time(cmd["generated_time"], "generated_time")
+        source_node = v.name(cmd["source_node"], "source_node")
+        expected = v.uuid_or_none(cmd.get("incident"), "incident")
+        if uuid in self._notifications:
+            closed = self._closed_incidents.get(hostname)
+            if closed is not None and closed.up_notification_uuid == uuid:
+                return self._incident_record(closed)
+            return None
+        incident = self._incidents.get(hostname)
+        if incident is None or ("incident" in cmd and expected != incident.notification_uuid):
+            return None
+        self._store_notification(uuid, "COMPUTE_HOST", self._registered_host(hostname),
+                                 generated, dict(HOST_UP_PAYLOAD), source_node, at,
+                                 check_duplicates=False)
+        incident.closed_at = v.iso_from_epoch(at)
+        incident.up_notification_uuid = uuid
+        del self._incidents[hostname]
+        self._closed_incidents[hostname] = incident
+        return self._incident_record(incident)
+
     # ------------------------------------------------------------------ bookkeeping
 
     def _find_segment(self, ref: Any, arg: str) -> Segment:
@@ -418,8 +557,7 @@ class ClusterState:
         self._by_status[notification.status][notification.notification_uuid] = None
         self._count_recovery(notification, +1)
         if notification.accepted:
-            key = (notification.type, notification.source_host_uuid,
-                   tuple(sorted(notification.payload.items())))
+            key = _duplicate_key(notification)
             latest = self._latest.get(key)
             if latest is None or notification.generated_ts > latest[0]:
                 self._latest[key] = (notification.generated_ts, notification.notification_uuid)
@@ -430,6 +568,49 @@ class ClusterState:
         notification.status = status
         self._by_status[status][notification.notification_uuid] = None
         self._count_recovery(notification, +1)
+
+    def _set_payload(self, notification: Notification, payload: dict[str, str]) -> None:
+        """Change a stored notification's payload and keep the duplicate index equal to
+        what a restore would rebuild from the new payloads (replicas restored from a
+        snapshot must decide duplicates as the others do)."""
+        if not notification.accepted:
+            notification.payload = payload
+            return
+        old_key = _duplicate_key(notification)
+        notification.payload = payload
+        latest = self._latest.get(old_key)
+        if latest is not None and latest[1] == notification.notification_uuid:
+            # The latest of its old key moves away: find the next one. A scan, but only
+            # once per fenced incident, and only when it was that key's latest.
+            best: tuple[float, str] | None = None
+            for other in self._notifications.values():  # in commit order, as a rebuild
+                if (other.accepted and _duplicate_key(other) == old_key
+                        and (best is None or other.generated_ts > best[0])):
+                    best = (other.generated_ts, other.notification_uuid)
+            if best is None:
+                del self._latest[old_key]
+            else:
+                self._latest[old_key] = best
+        new_key = _duplicate_key(notification)
+        latest = self._latest.get(new_key)
+        if (latest is None or notification.generated_ts > latest[0]
+                or (notification.generated_ts == latest[0]
+                    and notification.ordinal < self._notifications[latest[1]].ordinal)):
+            self._latest[new_key] = (notification.generated_ts, notification.notification_uuid)
+
+    def _rename_incidents(self, old: str, new: str) -> None:
+        for book in (self._incidents, self._closed_incidents):
+            incident = book.pop(old, None)
+            if incident is not None:
+                incident.hostname = new
+                book[new] = incident
+
+    def _incident_record(self, incident: Incident,
+                         notification: Notification | None = None) -> dict[str, Any]:
+        """The incident with its STOPPED notification's status (``ignored`` tells the
+        policy not to power off a host on maintenance)."""
+        notification = notification or self._notifications[incident.notification_uuid]
+        return {**incident.record(), "notification_status": notification.status}
 
     def _count_recovery(self, notification: Notification, delta: int) -> None:
         if notification.status in UNDER_RECOVERY_STATUSES:
@@ -546,18 +727,39 @@ class ClusterState:
     def list_leases(self) -> list[dict[str, Any]]:
         return [lease.record() for lease in self._leases.values()]
 
+    def incidents(self, status: str | None = None) -> list[dict[str, Any]]:
+        """Every open incident and each host's last closed one, by host name, a host's
+        open incident before its closed one; ``status`` "open" or "closed" keeps one kind.
+        Records carry ``notification_status``, the STOPPED notification's status."""
+        books = {"open": (self._incidents,), "closed": (self._closed_incidents,),
+                 None: (self._incidents, self._closed_incidents)}
+        if status not in books:
+            raise QueryError(f"status must be 'open', 'closed' or None (got {status!r})")
+        items = [(name, rank, incident) for rank, book in enumerate(books[status])
+                 for name, incident in book.items()]
+        return [self._incident_record(incident) for _, _, incident in sorted(
+            items, key=lambda item: (item[0], item[1]))]
+
+    def incident(self, hostname: str) -> dict[str, Any] | None:
+        """The host's open incident, else its last closed one, else None."""
+        if not isinstance(hostname, str):
+            raise QueryError(f"hostname must be a string (got {hostname!r})")
+        found = self._incidents.get(hostname) or self._closed_incidents.get(hostname)
+        return None if found is None else self._incident_record(found)
+
     # ------------------------------------------------------------------ snapshots
 
     def to_snapshot(self) -> dict[str, Any]:
         """The whole replicated state as plain, msgpack-able values (see snapshot.py)."""
         return snapshot.dump(self._segments.values(), self._hosts.values(),
-                             self._notifications.values(), self._leases.values())
+                             self._notifications.values(), self._leases.values(),
+                             [*self._incidents.values(), *self._closed_incidents.values()])
 
     @classmethod
     def from_snapshot(cls, data: Any, duplicate_interval: float = 180.0) -> ClusterState:
         """Rebuild a state from `to_snapshot`'s output; raises snapshot.SnapshotFormatError
         for a snapshot this version can't read."""
-        segments, hosts, notifications, leases = snapshot.load(data)
+        segments, hosts, notifications, leases, incidents = snapshot.load(data)
         state = cls(duplicate_interval)
         for segment in segments:
             state._segments[segment.uuid] = segment
@@ -568,6 +770,13 @@ class ClusterState:
         for notification in notifications:
             state._insert_notification(notification)
         state._leases = {lease.host: lease for lease in leases}
+        for incident in incidents:
+            if incident.notification_uuid not in state._notifications:
+                raise snapshot.SnapshotFormatError(
+                    f"snapshot is malformed: the incident of host {incident.hostname!r} names "
+                    f"notification {incident.notification_uuid!r}, which it does not hold")
+            book = state._incidents if incident.is_open else state._closed_incidents
+            book[incident.hostname] = incident
         return state
 
     def canonical(self) -> dict[str, Any]:

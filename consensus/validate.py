@@ -163,11 +163,18 @@ def choice(value: Any, arg: str, choices: Iterable[str]) -> str:
     return value
 
 
-def text(value: Any, arg: str) -> str | None:
-    """Free text (messages): any string, or null."""
+def text(value: Any, arg: str, max_len: int | None = None) -> str | None:
+    """Free text (messages): any string (of at most ``max_len`` characters), or null."""
     if value is not None and not isinstance(value, str):
         raise CommandError(f"argument {arg!r} must be a string or null (got {show(value)})")
+    if max_len is not None and value is not None and len(value) > max_len:
+        raise CommandError(f"argument {arg!r} must be at most {max_len} characters "
+                           f"(got {len(value)})")
     return value
+
+
+def uuid_or_none(value: Any, arg: str) -> str | None:
+    return None if value is None else uuid(value, arg)
 
 
 def sequence_number(value: Any, arg: str) -> int:

@@ -1,4 +1,5 @@
-"""Property tests: replicas agree, snapshots round-trip, apply never raises.
+"""Property tests: replicas agree, snapshots round-trip, apply never raises, and host.down
+and host.up store one STOPPED and one STARTED per incident.
 
 Commands are drawn from small pools of names, uuids and values so that random sequences
 mostly hit existing segments, hosts and notifications (and so exercise the real rules),
@@ -18,6 +19,7 @@ from test_state_support import AT, uid
 SEGMENTS = ["s1", "s2", uid("segment/s1"), "nope"]
 HOSTS = ["h1", "h2", "h3", uid("host/h1"), "ghost"]
 NOTES = [uid(f"n/{i}") for i in range(3)]
+INCIDENT_NOTES = [uid(f"incident/{i}") for i in range(4)]
 VMS = [uid(f"vm/{i}") for i in range(2)]
 JUNK = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8),
                  st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3),
@@ -77,6 +79,19 @@ _ALTERNATIVES = [
                              "notification_uuid": _maybe(st.sampled_from(NOTES)),
                              "instance_uuid": _maybe(st.sampled_from(VMS)),
                              "status": _maybe(st.sampled_from(VMOVE_STATUSES))})] * 3,
+    *[st.fixed_dictionaries({
+        "op": st.sampled_from(["host.down", "host.up"]), "at": AT_S,
+        "hostname": _maybe(st.sampled_from(["h1", "h2", "h1", "ghost"])),
+        "notification_uuid": _maybe(st.sampled_from(NOTES + INCIDENT_NOTES)),
+        "generated_time": GEN_S, "source_node": _maybe(st.just("h3"))},
+        optional={"previous": _maybe(st.sampled_from([None, *INCIDENT_NOTES])),
+                  "incident": _maybe(st.sampled_from([None, *INCIDENT_NOTES]))})] * 3,
+    *[st.fixed_dictionaries({
+        "op": st.just("host.fenced"), "at": AT_S,
+        "hostname": _maybe(st.sampled_from(["h1", "h2", "ghost"])),
+        "method": _maybe(st.sampled_from(["lease", "ipmi", "redfish"])),
+        "detail": _maybe(st.one_of(st.none(), st.text(max_size=5)))},
+        optional={"incident": _maybe(st.sampled_from([None, *INCIDENT_NOTES]))})] * 2,
     st.fixed_dictionaries({"op": st.just("lease.renew"), "at": AT_S,
                            "hosts": _maybe(st.dictionaries(st.sampled_from(HOSTS[:3]),
                                                            st.integers(0, 5), max_size=3))}),
@@ -120,6 +135,34 @@ def test_replicas_fed_the_same_commands_agree(commands):
     assert answers_a == answers_b
     assert a == b
     assert a.counts_by_status() == b.counts_by_status()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(COMMANDS, min_size=20, max_size=80))
+def test_host_down_and_up_notifications_alternate_per_host(commands):
+    """Exactly once: per host, the notifications host.down and host.up store alternate
+    STOPPED, STARTED, STOPPED, ... whatever duplicates and stale resends come in between
+    (a model of the incident checked against every answer). Deleting or renaming a host
+    forgets incidents, so the model starts over then."""
+    state = ClusterState()
+    _apply_all(state, SETUP)
+    open_incident: dict[str, bool] = {}
+    for command in commands:
+        before = state.notification_count()
+        answer = state.apply(command)
+        op = command.get("op") if isinstance(command, dict) else None
+        if answer["ok"] and op in ("host.delete", "host.update"):
+            open_incident.clear()
+        stored = state.notification_count() - before
+        if op == "host.down" and stored:
+            assert stored == 1 and not open_incident.get(command["hostname"])
+            open_incident[command["hostname"]] = True
+        if op == "host.up" and stored:
+            assert stored == 1 and open_incident.get(command["hostname"], True)
+            open_incident[command["hostname"]] = False
+        if op in ("host.down", "host.up") and answer["ok"] and answer["result"] is not None:
+            record = state.incident(command["hostname"])
+            assert answer["result"]["hostname"] == record["hostname"]
 
 
 @settings(max_examples=300, deadline=None)

@@ -55,6 +55,23 @@ def vmove(label: str, instance: str, status: str, **kw: Any) -> dict[str, Any]:
             "instance_uuid": uid("vm/" + instance), "status": status, **kw}
 
 
+def host_down(label: str, hostname: str = "node1", **kw: Any) -> dict[str, Any]:
+    return {"op": "host.down", "at": AT, "hostname": hostname,
+            "notification_uuid": uid("n/" + label), "generated_time": GEN,
+            "source_node": "node2", **kw}
+
+
+def host_fenced(hostname: str = "node1", method: str = "lease", **kw: Any) -> dict[str, Any]:
+    return {"op": "host.fenced", "at": AT + 20, "hostname": hostname, "method": method,
+            "detail": "lease expired 15 s after renewal 7", **kw}
+
+
+def host_up(label: str, hostname: str = "node1", **kw: Any) -> dict[str, Any]:
+    return {"op": "host.up", "at": AT + 60, "hostname": hostname,
+            "notification_uuid": uid("n/" + label), "generated_time": "2024-05-01T10:01:00Z",
+            "source_node": "node3", **kw}
+
+
 def ok(state: ClusterState, command: dict[str, Any]) -> Any:
     """Apply a command that must succeed; return its result."""
     answer = state.apply(command)
