@@ -1,0 +1,1 @@
+"""Fencing: making sure a failed host cannot run its instances before they start elsewhere."""
