@@ -1,6 +1,6 @@
 """Prometheus metrics of one agent, on that agent's own ``CollectorRegistry``.
 
-Two kinds:
+Three kinds:
 
 - **read at scrape time** (``StatusCollector``): Raft term, commit/applied index,
   leadership, log size, readiness, notifications by status, spool depth and
@@ -10,6 +10,11 @@ Two kinds:
 - **counted as things happen** (``AgentMetrics`` counters): admin requests by verb
   and result, malformed admin requests, refused admin peers. Only the admin server
   sees those events.
+- **gossip** (``GossipCollector``, when the agent runs a MembershipService): the membership
+  core's counters (probes, indirect probes, suspicions, refutations, false suspicions,
+  deaths declared, ...), the wire's messages in/out and drops by direction and kind, refused
+  CURVE keys, the awareness score and members by state, all read from one snapshot at scrape
+  time (docs/gossip-wire.md).
 
 ``register_agent_metrics(node)`` (alias ``metrics_for``) returns the one
 ``AgentMetrics`` of a node's registry, creating it on first use, so the daemon, the

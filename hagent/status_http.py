@@ -8,6 +8,11 @@ dependency. Keeping it off the asyncio loop also means a slow or stuck scraper c
 never delay the admin socket or the submitter, and the endpoint still answers while
 the loop is busy (which is when an operator most wants to look).
 
+``/status`` is ``node.status()``: Raft role and indexes, and with gossip the members and their
+states (``members``) plus the membership figures (``membership``), read from a snapshot the
+agent's loop takes (or the previous one if the loop is stuck), so the endpoint never waits
+long on a busy agent.
+
 Status codes mean something to machines (as Patroni's API does): ``/leader`` answers
 200 only on the Raft leader, so a load balancer can route to it; ``/health`` answers
 503 when this replica is not joined or lags the leader.

@@ -51,6 +51,9 @@ REJOIN_INTERVAL = 1.0
 #: Seconds another thread waits for the loop to take a fresh snapshot before it is served
 #: the previous one.
 SNAPSHOT_WAIT = 0.5
+#: Longest the timer sleeps even when the core has nothing due (it always has a probe round;
+#: this only guards against an infinite deadline).
+MAX_SLEEP = 60.0
 #: Seconds ``stop(leave=True)`` gives the leave messages to go out before the sockets close.
 LEAVE_FLUSH = 0.2
 
@@ -246,7 +249,7 @@ class MembershipService:
             self._timer.cancel()
         # loop.time() is time.monotonic() for asyncio's default loops; call_later keeps the
         # service correct on any loop whose clock differs.
-        delay = max(0.0, deadline - time.monotonic())
+        delay = min(max(0.0, deadline - time.monotonic()), MAX_SLEEP)
         self._timer = self._loop.call_later(delay, self._on_timer)
         self._timer_at = deadline
 
