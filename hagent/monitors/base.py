@@ -41,6 +41,8 @@ SENDERS = 256
 # Seconds ``Outbox.stop`` waits for the last submits to answer before cancelling them; a
 # notification a submit has started on is already queued for the spool's next write.
 STOP_GRACE = 1.0
+# Seconds between two "outbox full" warnings of one outbox.
+FULL_LOG_INTERVAL = 10.0
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,7 @@ class Outbox:
         self._dispatcher: asyncio.Task | None = None
         self._sending: set[asyncio.Task] = set()
         self._closed = False
+        self._next_full_log = 0.0
         # Counters (read by status()).
         self.queued = 0        # notifications put
         self.submitted = 0     # submit answered ok (committed, or spooled and pending)
@@ -178,8 +181,11 @@ class Outbox:
         answer: asyncio.Future = self._loop.create_future()
         if self._queue.full():
             self.full_waits += 1
-            log.warning("%s: outbox full (%d queued); waiting for the spool to take some",
-                        self.name, self.size)
+            now = self._loop.time()
+            if now >= self._next_full_log:  # a storm fills it again and again: say it rarely
+                self._next_full_log = now + FULL_LOG_INTERVAL
+                log.warning("%s: outbox full (%d queued): the monitor waits for the spool "
+                            "(%d waits so far)", self.name, self.size, self.full_waits)
         await self._queue.put((fields, answer))
         self.queued += 1
         self.max_depth = max(self.max_depth, self._queue.qsize())

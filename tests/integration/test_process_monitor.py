@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 import uuid
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from hagent.monitors import process
 from hagent.monitors.base import MonitorContext
 from hagent.monitors.process import REPORTED_FILE, ProcessMonitor
 from hagent.monitors.process_list import ProcessListError
+from hagent.monitors.process_scan import command_lines
 from hagent.monitors.runner import Monitors
 
 HELPER = r'''
@@ -175,8 +177,9 @@ def test_killed_process_is_restarted_with_pre_and_post_commands_in_order(lab):
             assert monitor.status()["processes"] == {f"/opt/test/bin/{lab.token}": "running"}
             first = lab.sleepers()[0].pid
             lab.kill_sleepers()
+            name = f"/opt/test/bin/{lab.token}"
             await until(lambda: any(p.pid != first for p in lab.sleepers())
-                        and monitor.status()["processes"][f"/opt/test/bin/{lab.token}"] == "running",
+                        and monitor.status()["processes"][name] == "running",
                         "the restarted sleeper")
             status = monitor.status()
         finally:
@@ -361,6 +364,24 @@ def test_entries_without_run_as_root_run_as_the_configured_user(lab):
         assert (shared / "made").stat().st_uid == expected
     finally:
         shutil.rmtree(shared)
+
+
+def test_command_lines_show_live_processes_as_ps_does_but_not_zombies():
+    token = f"hagent-scan-{uuid.uuid4().hex}"
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", token, "b c"])
+    dead = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", token + "-z"])
+    try:
+        dead.kill()
+        deadline = time.monotonic() + 10
+        while psutil.Process(dead.pid).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, "the killed child never became a zombie"
+            time.sleep(0.01)
+        lines = [line for line in command_lines() if token in line]
+        assert lines == [f"{sys.executable} -c import time; time.sleep(60) {token} b c"]
+    finally:
+        live.kill()
+        live.wait()
+        dead.wait()
 
 
 def test_monitors_from_config_builds_only_what_is_enabled(tmp_path):

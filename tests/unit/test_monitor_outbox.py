@@ -164,6 +164,7 @@ def test_metrics_are_labelled_by_monitor():
               if s.name.endswith("_total")}
     assert events == {"process": 3.0, "instance": 7.0}
     assert [s.value for s in families["hagent_monitor_queue_depth"].samples] == [1.0]
-    running = {s.labels["process"]: s.value for s in families["hagent_monitor_process_running"].samples}
+    running = {s.labels["process"]: s.value
+               for s in families["hagent_monitor_process_running"].samples}
     assert running == {"/usr/sbin/libvirtd": 1.0, "nova-compute": 0.0}
     assert "hagent_monitor_reconnects" not in families

@@ -70,7 +70,8 @@ def test_restart_finished_outside_a_restart_is_a_bug():
 
 
 def test_match_is_a_substring_of_the_joined_command_line_as_ps_ef_shows_it():
-    lines = ["/usr/sbin/libvirtd --listen", "/usr/bin/python3 /usr/bin/nova-compute --config-file x",
+    lines = ["/usr/sbin/libvirtd --listen",
+             "/usr/bin/python3 /usr/bin/nova-compute --config-file x",
              "sshd: root@pts/0"]
     names = ["/usr/sbin/libvirtd", "nova-compute", "python3 /usr/bin/nova", "/usr/sbin/sshd",
              "libvirtd --listen"]

@@ -157,14 +157,16 @@ def test_process_name_must_be_a_string_that_fits_a_payload():
           restart_command: b
           run_as_root: true
         """)
-    assert found[0] == "entry [0] (line 1): process_name: expected a non-empty string, got a number (12)"
+    assert found[0] == ("entry [0] (line 1): process_name: expected a non-empty string, "
+                        "got a number (12)")
     assert "process_name: the part after the last '/'" in found[1]
 
 
 def test_duplicate_process_names():
     entry = "- {process_name: x, start_command: a, restart_command: b, run_as_root: true}\n"
     (problem,) = problems(entry + entry)
-    assert problem == 'entry [1] (line 2, process_name "x"): process_name: already watched by entry [0]'
+    assert problem == ('entry [1] (line 2, process_name "x"): process_name: already watched '
+                       "by entry [0]")
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -209,7 +211,8 @@ process_list_inline = '''
 
 def test_inline_list_in_hagent_toml_is_checked_when_the_config_loads():
     config = loads_config(CONFIG % SAMPLE)
-    assert parse_process_list(config.monitors.process_list_inline)[1].notified_name == "nova-compute"
+    entries = parse_process_list(config.monitors.process_list_inline)
+    assert [e.notified_name for e in entries] == ["libvirtd", "nova-compute"]
     bad = SAMPLE.replace("run_as_root: True\n-", "run_as_root: maybe\n-", 1)
     with pytest.raises(ConfigError) as info:
         loads_config(CONFIG % bad)
