@@ -132,10 +132,12 @@ class MembershipService:
         self._timer_at: float | None = None
         self._rejoin: asyncio.TimerHandle | None = None
         self.joins = 0       # join attempts made (push-pulls to every seed)
+        self._asking_seeds = False
 
     # --- life cycle -------------------------------------------------------------------------
     async def start(self) -> None:
-        """Bind the gossip socket (raises zmq.ZMQError if taken) and join through the seeds."""
+        """Bind the gossip socket (raises shell.GossipBindError if it cannot) and join
+        through the seeds."""
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         now = time.monotonic()
@@ -258,13 +260,16 @@ class MembershipService:
         self._rejoin = None
         if self.core is None or not self.seeds:
             return
-        if not any(state in ("alive", "suspect") for name, state in self._states.items()
-                   if name != self.name):
+        alone = not any(state in ("alive", "suspect") for name, state in self._states.items()
+                        if name != self.name)
+        if alone:
+            if not self._asking_seeds:
+                log.info("no other member alive: asking the seeds (%s) every %g s until one "
+                         "answers", ", ".join(self.seeds), REJOIN_INTERVAL)
             self.joins += 1
-            if self.joins > 1:
-                log.info("no other member alive: asking the seeds again (%s)", ", ".join(self.seeds))
             self._apply(self.core.join(list(self.seeds), time.monotonic()))
             self._arm()
+        self._asking_seeds = alone
         assert self._loop is not None
         self._rejoin = self._loop.call_later(REJOIN_INTERVAL, self._join)
 

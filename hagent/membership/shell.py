@@ -84,6 +84,10 @@ HARD_MAX_FACTOR = 4
 LOGGED_REFUSED_KEYS = 100
 
 
+class GossipBindError(Exception):
+    """``gossip.bind`` could not be bound; ``str()`` names the address, the cause and the fix."""
+
+
 class _AllowList:
     """ZAP credentials provider: exactly ``security.allowed_keys``; counts refusals."""
 
@@ -187,7 +191,7 @@ class GossipWire:
 
     # --- life cycle -----------------------------------------------------------------------
     async def start(self) -> None:
-        """Bind ``bind`` (raises zmq.ZMQError if it is taken) and start receiving."""
+        """Bind ``bind`` (raises GossipBindError if it cannot) and start receiving."""
         self._ctx = zmq.asyncio.Context()
         self._ctx.max_sockets = MAX_PEER_SOCKETS + 64
         self._auth = AsyncioAuthenticator(self._ctx)
@@ -206,10 +210,12 @@ class GossipWire:
             pull.setsockopt(zmq.IPV6, 1)
         try:
             pull.bind(endpoint)
-        except zmq.ZMQError:
+        except zmq.ZMQError as exc:
             pull.close(0)
             await self._close_context()
-            raise
+            raise GossipBindError(
+                f"cannot bind gossip.bind {self.bind}: {exc.strerror}; another process holds "
+                f"it or the address is not this host's: stop it or set another gossip.bind") from None
         self._pull = pull
         loop = asyncio.get_running_loop()
         self._receiver = loop.create_task(self._receive(), name="gossip-receive")

@@ -16,7 +16,7 @@ from hagent.forward.keys import KeyPair, generate
 from hagent.lab.ports import PortPicker
 from hagent.membership import messages
 from hagent.membership.messages import Ack, Ping
-from hagent.membership.shell import GossipWire
+from hagent.membership.shell import GossipBindError, GossipWire
 
 LIMIT = 64 * 1024
 _PICKER = PortPicker(tempfile.mkdtemp(prefix="hagent-gossip-test-"))
@@ -146,4 +146,14 @@ def test_junk_from_an_allowed_peer_is_counted_and_the_wire_keeps_serving(junk):
             finally:
                 sock.close(0)
                 ctx.term()
+    asyncio.run(scenario())
+
+
+def test_a_taken_gossip_bind_is_refused_naming_the_address():
+    async def scenario():
+        async with Pair() as p:
+            other = GossipWire(p.aa, generate(), [], {}, LIMIT, lambda m: None)
+            with pytest.raises(GossipBindError, match=f"cannot bind gossip.bind {p.aa}"):
+                await other.start()
+            await other.stop()  # safe after a failed start
     asyncio.run(scenario())
