@@ -48,6 +48,8 @@ UNDER_RECOVERY_STATUSES = frozenset({"new", "running", "error"})
 # How a host incident was fenced (``host.fenced``): its lease ran out on the leader, or a
 # fence driver confirmed the power is off (docs/detection.md).
 FENCE_METHODS = ("lease", "ipmi", "redfish")
+# Longest host.fenced ``detail`` (a fence driver's answer, kept in the log).
+FENCE_DETAIL_MAX = 1000
 
 # The payloads of the COMPUTE_HOST notifications hagent's failure detection stores, in the
 # form masakari-monitors' host monitor sends (hostmonitor/host_handler/handle_host.py,

@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 
 from consensus import snapshot, validate as v
 from consensus.model import (
-    FENCE_METHODS, HOST_DOWN_PAYLOAD, HOST_UP_PAYLOAD, NOTIFICATION_STATUSES,
+    FENCE_DETAIL_MAX, FENCE_METHODS, HOST_DOWN_PAYLOAD, HOST_UP_PAYLOAD, NOTIFICATION_STATUSES,
     NOTIFICATION_TRANSITIONS, NOTIFICATION_TYPES, RECOVERY_METHODS, UNDER_RECOVERY_STATUSES,
     VMOVE_FINAL, VMOVE_INITIAL, VMOVE_STATUSES, VMOVE_TRANSITIONS, Host, Incident, Lease,
     Notification, Segment, VMove,
@@ -43,9 +43,6 @@ _HOST_SORT_KEYS = ("created_at", "updated_at", "name", "uuid", "type", "reserved
                    "on_maintenance", "segment_uuid")
 _NOTIFICATION_SORT_KEYS = ("created_at", "updated_at", "generated_time", "notification_uuid",
                            "type", "status", "hostname", "source_host_uuid")
-
-# host.fenced's ``detail`` (a fence driver's answer) is kept in the log: bound it.
-_FENCE_DETAIL_MAX = 1000
 
 
 def _duplicate_key(notification: Notification) -> tuple[Any, ...]:
@@ -455,7 +452,7 @@ class ClusterState:
         v.check_keys(cmd, ("hostname", "method", "detail"), ("incident",))
         hostname = v.hostname(cmd["hostname"], "hostname")
         method = v.choice(cmd["method"], "method", FENCE_METHODS)
-        detail = v.text(cmd["detail"], "detail", _FENCE_DETAIL_MAX)
+        detail = v.text(cmd["detail"], "detail", FENCE_DETAIL_MAX)
         expected = v.uuid_or_none(cmd.get("incident"), "incident")
         incident = self._incidents.get(hostname)
         if incident is None or ("incident" in cmd and expected != incident.notification_uuid):
