@@ -201,9 +201,14 @@ class ProcessMonitor:
         back = False
         for attempt in range(1 + self.restart_retries):
             first = initial and attempt == 0
-            await self._run_commands(entry, first)
             self.restarts += 1
-            back = await self._appears(entry.process_name, self.restart_interval)
+            try:
+                await self._run_commands(entry, first)
+                back = await self._appears(entry.process_name, self.restart_interval)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - a broken attempt is a failed attempt
+                log.exception("attempt %d to restart %r failed", attempt + 1, entry.process_name)
             if back:
                 log.info("process %r %s (attempt %d)", entry.process_name,
                          "started" if first else "restarted", attempt + 1)
@@ -247,8 +252,15 @@ class ProcessMonitor:
             await self._save_reported()
 
     async def _save_reported(self) -> None:
+        """Write the reported set; a failure is logged, never raised: the notification
+        matters more than the record that helps a later run follow it up."""
         async with self._save_lock:
-            await asyncio.to_thread(self._write_reported, sorted(self._reported))
+            try:
+                await asyncio.to_thread(self._write_reported, sorted(self._reported))
+            except OSError as exc:
+                log.error("cannot record which processes were reported STOPPED in %s (%s): "
+                          "after an agent restart a STARTED may be missed",
+                          self.state_dir / REPORTED_FILE, exc)
 
     def _load_reported(self) -> set[str]:
         path = self.state_dir / REPORTED_FILE

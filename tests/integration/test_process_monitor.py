@@ -25,11 +25,13 @@ import pytest
 
 from hagent.config import loads_config
 from hagent.monitors import process
-from hagent.monitors.base import MonitorContext
+from hagent.monitors.base import MonitorContext, Outbox
 from hagent.monitors.process import REPORTED_FILE, ProcessMonitor
-from hagent.monitors.process_list import ProcessListError
+from hagent.monitors.process_list import ProcessListError, parse_process_list
 from hagent.monitors.process_scan import command_lines
 from hagent.monitors.runner import Monitors
+from tests.fakes import FakeNode
+from tests.unit.test_state_support import host_create, ok, segment_create
 
 HELPER = r'''
 import json, os, subprocess, sys, time
@@ -364,6 +366,68 @@ def test_entries_without_run_as_root_run_as_the_configured_user(lab):
         assert (shared / "made").stat().st_uid == expected
     finally:
         shutil.rmtree(shared)
+
+
+def test_a_failed_look_is_counted_and_the_monitor_keeps_looking(tmp_path):
+    (entry,) = parse_process_list("- {process_name: /usr/sbin/x, start_command: a, "
+                                  "restart_command: b, run_as_root: true}\n")
+    looks = []
+
+    def scan():
+        looks.append(1)
+        if len(looks) == 1:
+            raise OSError("/proc went away")
+        return ["/usr/sbin/x --flag"]
+
+    async def main():
+        monitor = ProcessMonitor((entry,), Outbox(Recorder(), hostname="h", size=4),
+                                 state_dir=tmp_path, check_interval=0.05, scan=scan)
+        await monitor.start()
+        try:
+            await until(lambda: monitor.status()["checks"] >= 2, "two good looks")
+        finally:
+            await monitor.stop()
+        status = monitor.status()
+        assert status["check_errors"] == 1 and status["processes"] == {"/usr/sbin/x": "running"}
+        assert status["running"] is False  # stopped
+
+    asyncio.run(main())
+
+
+def test_the_state_machine_accepts_what_the_monitor_reports_and_refusals_are_counted(tmp_path):
+    """Through the real ClusterState (tests/fakes.py): the payloads pass Masakari's schema."""
+    node = FakeNode("node1")
+    node.read(lambda state: ok(state, segment_create()))
+    node.read(lambda state: ok(state, host_create("node1")))
+    (entry,) = parse_process_list("- {process_name: /usr/sbin/libvirtd, start_command: /bin/false, "
+                                  "restart_command: /bin/false, run_as_root: true}\n")
+    lines: list[str] = []
+
+    async def main(hostname):
+        monitor = ProcessMonitor((entry,), Outbox(node.submit_notification, hostname=hostname,
+                                                  size=4),
+                                 state_dir=tmp_path / hostname, check_interval=0.05,
+                                 restart_retries=0, restart_interval=0.05, scan=lambda: lines)
+        await monitor.start()
+        try:
+            await until(lambda: monitor.status()["stopped_reported"] == 1, "STOPPED")
+            lines.append("/usr/sbin/libvirtd --listen")
+            await until(lambda: monitor.status()["notifications_sent"]
+                        + monitor.status()["notifications_failed"] == 2, "STARTED answered")
+        finally:
+            await monitor.stop()
+            lines.clear()
+        return monitor.status()
+
+    status = asyncio.run(main("node1"))
+    assert status["notifications_sent"] == 2 and status["notifications_committed"] == 2
+    stored = node.read(lambda state: state.list_notifications())
+    assert sorted((n["type"], n["hostname"], n["payload"]["process_name"], n["payload"]["event"],
+                   n["status"]) for n in stored) == [
+        ("PROCESS", "node1", "libvirtd", "STARTED", "new"),
+        ("PROCESS", "node1", "libvirtd", "STOPPED", "new")]
+    status = asyncio.run(main("not-registered"))
+    assert status["notifications_failed"] == 2 and status["notifications_sent"] == 0
 
 
 def test_command_lines_show_live_processes_as_ps_does_but_not_zombies():
