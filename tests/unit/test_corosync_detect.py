@@ -93,3 +93,5 @@ def test_measure_kills_each_node_in_turn_and_waits_until_every_survivor_dropped_
     assert doc["failed_runs"] == 0 and doc["poll_removed_all_s"]["n"] == 4
     # The slowest survivor's log time per run: 2.5 s unless "b" and the victim are the others.
     assert doc["log_new_membership_s"]["max"] == 2.5
+    # The first survivor's: 1.5 s in the three runs "b" survives.
+    assert doc["log_new_membership_first_s"]["p50"] == 1.5
