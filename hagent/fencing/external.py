@@ -179,9 +179,21 @@ class FenceDriver(abc.ABC):
         return FenceResult(False, state, detail, elapsed, error)
 
     async def _bounded(self, call: Callable[[float], Awaitable[T]], timeout: float) -> T:
-        """``call(timeout)``, abandoned (FenceTimeout) if it overruns its own bound."""
+        """``call(timeout)``, abandoned (FenceTimeout) if it overruns its own bound.
+
+        Anything but a FenceError escaping a driver is a bug (say, an answer shaped in a way
+        its parser did not expect); it becomes a FenceProtocolError, so it is logged and the
+        fence stays unconfirmed instead of the exception killing the caller's task.
+        """
         try:
             return await asyncio.wait_for(call(timeout), timeout + BACKSTOP_GRACE)
         except TimeoutError:
             raise self.error(FenceTimeout, f"no answer within {timeout:.3g} s",
                              "check that the BMC is up and reachable from this node") from None
+        except FenceError:
+            raise
+        except Exception as exc:
+            log.exception("fencing %s: driver for BMC %s failed", self.host, self.bmc)
+            raise self.error(FenceProtocolError, f"the driver failed: {exc!r}",
+                             "report it as a hagent bug, with the traceback logged above") \
+                from exc

@@ -41,8 +41,10 @@ SPEC_KEYS: dict[str, SpecKey] = {
                        "scheme): the management controller, not the host itself."),
     "port": SpecKey(None, DRIVERS, "The BMC's port; default the protocol's standard one: "
                     "623/udp for ipmi (RMCP+), 443/tcp for redfish (HTTPS)."),
-    "username": SpecKey(REQUIRED, DRIVERS, "The BMC user; it needs the right to power the "
-                        "system off (Operator or Administrator)."),
+    "username": SpecKey(REQUIRED, DRIVERS, "The BMC user. It must be allowed to power the "
+                        "system off: for ipmi the ADMINISTRATOR privilege (ipmitool's default "
+                        "session level, as fence_ipmilan's), for redfish a role allowed "
+                        "ComputerSystem.Reset (Operator or Administrator)."),
     "password_file": SpecKey(REQUIRED, DRIVERS, "File holding the BMC password on one line, "
                              "mode 0600 (refused if group or others may read it). Never the "
                              "password itself: configs get copied and shown."),

@@ -95,7 +95,8 @@ class RedfishFenceDriver(FenceDriver):
         await asyncio.to_thread(self._request_off_sync, time.monotonic() + timeout)
 
     def _read_state_sync(self, deadline: float) -> str:
-        return POWER_STATES.get(self._get_system(deadline).get("PowerState"), "unknown")
+        state = self._get_system(deadline).get("PowerState")
+        return POWER_STATES.get(state, "unknown") if isinstance(state, str) else "unknown"
 
     def _request_off_sync(self, deadline: float) -> None:
         if self._reset_target is None:
@@ -109,7 +110,7 @@ class RedfishFenceDriver(FenceDriver):
             self._system = self._only_system(deadline)
         path, doc = self._request("GET", self._system, deadline)
         self._system = path
-        action = doc.get("Actions", {}).get("#ComputerSystem.Reset", {})
+        action = _object(_object(doc.get("Actions")).get("#ComputerSystem.Reset"))
         allowed = action.get("ResetType@Redfish.AllowableValues")
         if isinstance(allowed, list) and "ForceOff" not in allowed:
             raise self.error(FenceConfigError, f"the BMC does not offer ResetType ForceOff for "
@@ -122,7 +123,8 @@ class RedfishFenceDriver(FenceDriver):
 
     def _only_system(self, deadline: float) -> str:
         _, doc = self._request("GET", SYSTEMS, deadline)
-        members = [m.get("@odata.id") for m in doc.get("Members", []) if isinstance(m, dict)]
+        listed = doc.get("Members")
+        members = [_object(m).get("@odata.id") for m in listed] if isinstance(listed, list) else []
         if len(members) == 1 and isinstance(members[0], str):
             return self._same_origin(SYSTEMS, members[0])
         listed = ", ".join(str(m).rsplit("/", 1)[-1] for m in members) or "none"
@@ -233,6 +235,11 @@ class RedfishFenceDriver(FenceDriver):
                              "the password is not sent there",
                              "set address and port to where the BMC's Redfish service is")
         return url.path + (f"?{url.query}" if url.query else "")
+
+
+def _object(value: Any) -> dict[str, Any]:
+    """``value`` if it is a JSON object, else an empty one: BMC answers are not trusted."""
+    return value if isinstance(value, dict) else {}
 
 
 def _redfish_message(doc: Any) -> str:

@@ -97,6 +97,22 @@ def test_a_bmc_that_stops_answering(lab, tmp_path):
     assert lab.power_state("compute-1") == "on"
 
 
+def test_cancelling_a_call_kills_ipmitool(lab, tmp_path):
+    lab.stop_bmc("compute-1")
+    driver = make_fence_driver(spec(lab, tmp_path), host="compute-1")
+
+    async def cancel_midway():
+        task = asyncio.create_task(driver.power_off())
+        while not ipmitool_children():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(asyncio.wait_for(cancel_midway(), 10))
+    assert ipmitool_children() == []
+
+
 def test_password_file_others_can_read_is_refused(lab, tmp_path):
     shared = write_password(tmp_path / "shared.pw", "ipmi-secret", mode=0o604)
     with pytest.raises(FenceConfigError, match="chmod 600") as caught:

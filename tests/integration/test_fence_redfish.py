@@ -15,9 +15,12 @@ from tests.integration.fence_emulators import free_port, sushy_emulator, write_p
 pytestmark = pytest.mark.xdist_group("lab")
 
 
-@pytest.fixture
-def bmc(tmp_path):
-    with sushy_emulator(tmp_path / "sushy", {"compute-1": "On", "compute-2": "Off"}) as sushy:
+@pytest.fixture(scope="module")
+def bmc(tmp_path_factory):
+    """One emulator (fresh state) for the module: compute-1 stays on, compute-2 off, and
+    compute-3 is the one system a test powers off."""
+    systems = {"compute-1": "On", "compute-2": "Off", "compute-3": "On"}
+    with sushy_emulator(tmp_path_factory.mktemp("sushy"), systems) as sushy:
         yield sushy
 
 
@@ -32,15 +35,16 @@ def spec(bmc, tmp_path, **changes):
 
 
 def test_power_off_is_confirmed_once_the_bmc_reads_off(bmc, tmp_path):
-    driver = make_fence_driver(spec(bmc, tmp_path), host="compute-1")
-    assert bmc.power_state("compute-1") == "On"
+    driver = make_fence_driver(spec(bmc, tmp_path, system_id=bmc.systems["compute-3"]),
+                               host="compute-3")
+    assert bmc.power_state("compute-3") == "On"
     result = asyncio.run(driver.power_off())
     assert result.confirmed and result.state == "off" and result.error is None, result
     assert result.detail == "BMC reports the host off"
     # Confirmed only once the emulator itself has the host off, and within the deadline.
-    assert bmc.power_state("compute-1") == "Off"
+    assert bmc.power_state("compute-3") == "Off"
     assert result.elapsed < 20.0
-    assert bmc.power_state("compute-2") == "Off"  # the other system was not touched
+    assert bmc.power_state("compute-1") == "On"  # the other systems were not touched
 
 
 def test_power_state_reports_on_and_off(bmc, tmp_path):
@@ -67,7 +71,7 @@ def test_system_id_defaults_to_the_only_system(tmp_path):
 
 def test_several_systems_need_a_system_id(bmc, tmp_path):
     driver = make_fence_driver(spec(bmc, tmp_path, system_id=None), host="compute-1")
-    with pytest.raises(FenceConfigError, match="lists 2 systems") as caught:
+    with pytest.raises(FenceConfigError, match="lists 3 systems") as caught:
         asyncio.run(driver.power_state())
     assert bmc.systems["compute-1"] in str(caught.value) and "set system_id" in str(caught.value)
 

@@ -110,3 +110,11 @@ def test_a_driver_that_overruns_its_timeout_cannot_hold_the_caller(monkeypatch):
 def test_power_state_raises_what_the_driver_raises():
     with pytest.raises(FenceAuthError, match="fencing host compute-1 through BMC test://bmc"):
         asyncio.run(Scripted([err(FenceAuthError)]).power_state())
+
+
+def test_a_driver_bug_leaves_the_fence_unconfirmed_instead_of_raising():
+    driver = Scripted([KeyError("PowerState")], power_off_timeout=0.05)
+    with pytest.raises(FenceProtocolError, match="the driver failed: KeyError"):
+        asyncio.run(driver.power_state())
+    result = asyncio.run(driver.power_off())
+    assert not result.confirmed and isinstance(result.error, FenceProtocolError)
