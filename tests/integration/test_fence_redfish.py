@@ -1,7 +1,7 @@
 """The Redfish fence driver against sushy-emulator (fake driver, HTTPS, basic auth).
 
 The emulator applies a power change 0-11 s after the request, so a confirmed power-off
-takes that long and the driver must poll for it; every other test ends in about a second.
+takes that long and the driver must poll for it; the others take at most a few seconds.
 """
 import asyncio
 
