@@ -98,10 +98,15 @@ def test_agents_gossip_show_members_and_stop_cleanly(agents):
 
     poll(everyone_alive, 60, "every agent sees every member alive on /status")
 
-    # hagentctl members on the non-voter (its lease query goes through a voter)
-    reply = client.call(plans[3].admin_socket, "members", {})
-    assert reply["ok"], reply
-    rows = {r["name"]: r for r in reply["result"]}
+    # hagentctl members on the non-voter (its lease query goes through a voter), once it has
+    # heard from node1 directly (it may have learnt node1 from a push-pull relayed by another)
+    def members():
+        reply = client.call(plans[3].admin_socket, "members", {})
+        assert reply["ok"], reply
+        rows = {r["name"]: r for r in reply["result"]}
+        return rows if rows["node1"]["last_heard_ago"] is not None else None
+
+    rows = poll(members, 10, "node4 hears from node1")
     assert set(rows) == set(names)
     assert [rows[n]["voter"] for n in names] == [True, True, True, False]
     assert rows["node4"]["last_heard_ago"] is None and rows["node1"]["last_heard_ago"] < 5
@@ -110,10 +115,15 @@ def test_agents_gossip_show_members_and_stop_cleanly(agents):
     status = json.loads(get(plans[0].status_url + "/status"))
     assert status["membership"]["members_by_state"]["alive"] == NODES
 
-    metrics = get(plans[0].status_url + "/metrics")
-    probes = [line for line in metrics.splitlines() if line.startswith("hagent_gossip_probes_total")]
-    assert probes and float(probes[0].split()[-1]) > 0
+    def probed():
+        metrics = get(plans[0].status_url + "/metrics")
+        probes = [line for line in metrics.splitlines()
+                  if line.startswith("hagent_gossip_probes_total")]
+        return metrics if probes and float(probes[0].split()[-1]) > 0 else None
+
+    metrics = poll(probed, 10, "node1's /metrics count its probes")
     assert 'hagent_gossip_members{state="alive"} 4.0' in metrics
+    assert 'hagent_gossip_dropped_messages_total{direction="in",kind="malformed"} 0.0' in metrics
 
     procs["node4"].send_signal(signal.SIGKILL)
     procs["node4"].wait()

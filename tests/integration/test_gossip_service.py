@@ -84,7 +84,10 @@ def test_three_services_converge_and_a_silent_stop_is_declared_dead(caplog):
             took = await until(lambda: all(states(s) == everyone_alive for s in services.values()),
                                10, "all three see everyone alive")
             print(f"converged in {took:.2f} s")
-            # rows for the operator, read from another thread as the status endpoint does
+            # rows for the operator, read from another thread as the status endpoint does;
+            # node2 learnt node1 from node1's push-pull reply, and hears from it directly next
+            await until(lambda: services["node2"].members()[0]["last_heard_ago"] is not None,
+                        5, "node2 hears from node1")
             rows = await asyncio.to_thread(services["node2"].members)
             assert [r["name"] for r in rows] == names
             assert [r["voter"] for r in rows] == [True, False, False]
