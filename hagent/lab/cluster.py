@@ -77,13 +77,14 @@ class LabNode:
     log: str = ""
     forward_address: str = ""  # a voter's forward endpoint (non-voters connect to it)
     netns: str = ""            # the network namespace it runs in; "" on loopback
+    gossip_address: str = ""   # its gossip socket (host:port)
 
     @classmethod
     def from_plan(cls, plan: configs.NodePlan, network: Network | None = None) -> LabNode:
         return cls(name=plan.name, pid=None, admin_socket=str(plan.admin_socket),
                    status_url=plan.status_url, voter=plan.voter, config=str(plan.config),
                    raft_address=plan.raft_address, log=str(plan.log),
-                   forward_address=plan.forward_address,
+                   forward_address=plan.forward_address, gossip_address=plan.gossip_address,
                    netns=network.link(plan.name).netns if network else "")
 
 
@@ -191,10 +192,11 @@ class Lab:
                     plans = configs.plan_netns_nodes(lab_dir, nodes, voters,
                                                      [link.address for link in network.nodes])
                 else:
-                    ports = picker.pick(2 * voters + nodes)
+                    ports = picker.pick(2 * voters + 2 * nodes)
                     plans = configs.plan_nodes(lab_dir, nodes, voters, ports[:voters],
-                                               ports[2 * voters:],
-                                               forward_ports=ports[voters:2 * voters])
+                                               ports[2 * voters:2 * voters + nodes],
+                                               forward_ports=ports[voters:2 * voters],
+                                               gossip_ports=ports[2 * voters + nodes:])
                 configs.write_node_files(plans, secret, config_extra)
                 lab = cls(lab_dir, [LabNode.from_plan(p, network) for p in plans])
                 lab._env = env
@@ -408,7 +410,8 @@ class Lab:
         self.remove_network(self.dir)
         ports = []
         for node in self.nodes:
-            for addr in (node.raft_address, node.forward_address, node.status_url.rsplit("/", 1)[-1]):
+            for addr in (node.raft_address, node.forward_address, node.gossip_address,
+                         node.status_url.rsplit("/", 1)[-1]):
                 if addr and ":" in addr:
                     ports.append(int(addr.rsplit(":", 1)[1]))
         PortPicker(self.dir).release(ports)

@@ -33,7 +33,7 @@ LOG_FILE = "agent.log"
 KEY_FILE = "node.key"
 #: Ports every node of a netns lab binds on its own address, as in docs/configuration.md's
 #: examples; each node has an address of its own there, so they never collide.
-DEPLOYMENT_PORTS = {"raft": 7170, "forward": 7171, "status": 7180}
+DEPLOYMENT_PORTS = {"raft": 7170, "forward": 7171, "gossip": 7172, "status": 7180}
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,7 @@ class NodePlan:
     voter: bool
     forward_address: str = ""  # host:port of a voter's forward endpoint; "" on a non-voter
     host: str = "127.0.0.1"    # the address every endpoint of this node binds
+    gossip_address: str = ""   # host:port of its gossip socket (failure detection)
 
     @property
     def key_file(self) -> Path:
@@ -92,16 +93,20 @@ def admin_socket_path(lab_dir: Path, name: str) -> Path:
 
 def plan_nodes(lab_dir: Path, nodes: int, voters: int, raft_ports: list[int],
                status_ports: list[int], host: str = "127.0.0.1", *,
-               forward_ports: list[int], hosts: list[str] | None = None) -> list[NodePlan]:
+               forward_ports: list[int], gossip_ports: list[int],
+               hosts: list[str] | None = None) -> list[NodePlan]:
     """The layout of an ``nodes``-agent lab whose first ``voters`` agents vote.
 
-    ``raft_ports`` and ``forward_ports`` have one port per voter, ``status_ports`` one per node.
-    Every node binds ``host``, or its own entry of ``hosts`` (one per node) when given.
+    ``raft_ports`` and ``forward_ports`` have one port per voter, ``status_ports`` and
+    ``gossip_ports`` one per node. Every node binds ``host``, or its own entry of ``hosts``
+    (one per node) when given.
     """
     check_sizes(nodes, voters)
-    if len(raft_ports) != voters or len(forward_ports) != voters or len(status_ports) != nodes:
+    if (len(raft_ports) != voters or len(forward_ports) != voters or len(status_ports) != nodes
+            or len(gossip_ports) != nodes):
         raise ValueError(f"need {voters} raft ports, {voters} forward ports and {nodes} status "
-                         f"ports, got {len(raft_ports)}, {len(forward_ports)} and {len(status_ports)}")
+                         f"and gossip ports, got {len(raft_ports)}, {len(forward_ports)}, "
+                         f"{len(status_ports)} and {len(gossip_ports)}")
     if hosts is not None and len(hosts) != nodes:
         raise ValueError(f"need {nodes} hosts, got {len(hosts)}")
     lab_dir = Path(lab_dir).resolve()
@@ -115,7 +120,8 @@ def plan_nodes(lab_dir: Path, nodes: int, voters: int, raft_ports: list[int],
             raft_address=f"{h}:{raft_ports[i]}" if voter else "",
             status_bind=f"{h}:{status_ports[i]}",
             admin_socket=admin_socket_path(lab_dir, name), voter=voter,
-            forward_address=f"{h}:{forward_ports[i]}" if voter else "", host=h))
+            forward_address=f"{h}:{forward_ports[i]}" if voter else "", host=h,
+            gossip_address=f"{h}:{gossip_ports[i]}"))
     return plans
 
 
@@ -123,7 +129,8 @@ def plan_netns_nodes(lab_dir: Path, nodes: int, voters: int, hosts: list[str]) -
     """The layout of a netns lab: node ``i`` binds ``hosts[i]`` on ``DEPLOYMENT_PORTS``."""
     return plan_nodes(lab_dir, nodes, voters, [DEPLOYMENT_PORTS["raft"]] * voters,
                       [DEPLOYMENT_PORTS["status"]] * nodes,
-                      forward_ports=[DEPLOYMENT_PORTS["forward"]] * voters, hosts=hosts)
+                      forward_ports=[DEPLOYMENT_PORTS["forward"]] * voters,
+                      gossip_ports=[DEPLOYMENT_PORTS["gossip"]] * nodes, hosts=hosts)
 
 
 def check_sizes(nodes: int, voters: int) -> None:
@@ -142,12 +149,13 @@ def default_voters(nodes: int) -> int:
 def node_config(plan: NodePlan, voter_addresses: list[str], secret: Path,
                 extra: dict[str, dict[str, Any]] | None = None, *,
                 forward_endpoints: list[str], public_keys: dict[str, str],
-                voter_keys: list[str]) -> dict[str, dict[str, Any]]:
+                voter_keys: list[str], gossip_seeds: list[str]) -> dict[str, dict[str, Any]]:
     """The TOML document (as nested dicts) for one lab agent; ``extra`` overrides per section.
 
-    ``public_keys`` maps every node's name to its Z85 public key (all go into the voters'
-    allow-list); ``voter_keys`` are the voters' keys in ``voter_addresses`` order. Only a
-    voter's config names the Raft secret.
+    ``public_keys`` maps every node's name to its Z85 public key (every node's allow-list
+    holds them all: gossip runs between all nodes); ``voter_keys`` are the voters' keys in
+    ``voter_addresses`` order, and the voters' gossip addresses (``gossip_seeds``, same order)
+    are every node's seeds. Only a voter's config names the Raft secret.
     """
     raft: dict[str, Any] = {"voters": list(voter_addresses)}
     if plan.voter:
@@ -157,8 +165,10 @@ def node_config(plan: NodePlan, voter_addresses: list[str], secret: Path,
         "raft": raft,
         "forward": {"endpoints": list(forward_endpoints)},
         "security": {"key_file": str(plan.key_file),
-                     "allowed_keys": [public_keys[n] for n in sorted(public_keys)] if plan.voter else [],
+                     "allowed_keys": [public_keys[n] for n in sorted(public_keys)],
                      "voter_keys": list(voter_keys)},
+        "gossip": {"bind": plan.gossip_address, "seeds": list(gossip_seeds),
+                   "seed_keys": list(voter_keys)},
         "admin": {"socket": str(plan.admin_socket)},
         "status": {"bind": plan.status_bind},
     }
@@ -205,10 +215,12 @@ def write_node_files(plans: list[NodePlan], secret: Path,
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
         public_keys[plan.name] = write_key_pair(plan.key_file, overwrite=True).public
     voter_keys = [public_keys[p.name] for p in plans if p.voter]
+    gossip_seeds = [p.gossip_address for p in plans if p.voter]
     for plan in plans:
         text = render_toml(node_config(plan, voter_addresses, secret, extra,
                                        forward_endpoints=forward_endpoints,
-                                       public_keys=public_keys, voter_keys=voter_keys))
+                                       public_keys=public_keys, voter_keys=voter_keys,
+                                       gossip_seeds=gossip_seeds))
         tmp = plan.config.with_suffix(".toml.tmp")
         tmp.write_text(text)
         os.replace(tmp, plan.config)

@@ -22,7 +22,8 @@ from hagent.lab.ports import PortPicker, ephemeral_range
 def plans(tmp_path: Path, nodes: int = 5, voters: int = 3) -> list[configs.NodePlan]:
     return configs.plan_nodes(tmp_path, nodes, voters, list(range(21000, 21000 + voters)),
                               list(range(22000, 22000 + nodes)),
-                              forward_ports=list(range(23000, 23000 + voters)))
+                              forward_ports=list(range(23000, 23000 + voters)),
+                              gossip_ports=list(range(24000, 24000 + nodes)))
 
 
 def test_written_configs_load_as_voters_and_replicas(tmp_path: Path) -> None:
@@ -42,9 +43,13 @@ def test_written_configs_load_as_voters_and_replicas(tmp_path: Path) -> None:
         assert list(c.forward.endpoints) == ["127.0.0.1:23000", "127.0.0.1:23001", "127.0.0.1:23002"]
         assert list(c.security.voter_keys) == keys[:3]
         assert c.security.key_file == p.key_file and oct(p.key_file.stat().st_mode & 0o777) == "0o600"
-        # Only voters hold the Raft secret and admit the non-voters' keys.
+        # Only voters hold the Raft secret; every node admits every key (gossip is all-to-all)
+        # and seeds from the voters' gossip sockets.
         assert (c.raft.secret_file == secret) == c.is_voter
-        assert sorted(c.security.allowed_keys) == (sorted(keys) if c.is_voter else [])
+        assert sorted(c.security.allowed_keys) == sorted(keys)
+        assert c.gossip.bind == f"127.0.0.1:{24000 + int(p.name[4:]) - 1}"
+        assert list(c.gossip.seeds) == ["127.0.0.1:24000", "127.0.0.1:24001", "127.0.0.1:24002"]
+        assert list(c.gossip.seed_keys) == keys[:3]
         assert c.node.state_dir == tmp_path.resolve() / p.name / "state"
         assert c.node.run_dir == tmp_path.resolve() / p.name / "run"
         assert c.admin.socket == p.admin_socket

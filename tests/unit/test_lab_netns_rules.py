@@ -71,4 +71,4 @@ def test_netns_plan_binds_each_node_address_on_deployment_ports(tmp_path: Path) 
     assert [c.raft.bind for c in loaded] == voters + ["", ""]
     with pytest.raises(ValueError, match="need 5 hosts"):
         configs.plan_nodes(tmp_path, 5, 3, [1, 2, 3], [4, 5, 6, 7, 8], forward_ports=[9, 10, 11],
-                           hosts=hosts[:4])
+                           gossip_ports=[12, 13, 14, 15, 16], hosts=hosts[:4])
