@@ -13,6 +13,9 @@ from .messages import Update, estimate_size
 
 #: Room left in a message budget below which no further update can fit.
 _MIN_ROOM = 24
+#: Updates too big for the room left that take() skips before it stops looking (bounds the
+#: scan of a long queue, e.g. while a thousand members join).
+_MAX_SKIPS = 8
 
 
 class BroadcastQueue:
@@ -47,8 +50,9 @@ class BroadcastQueue:
             return ()
         picked: list[tuple[int, int, str, Update, int]] = []
         room = budget
+        skips = 0
         for t, bucket in enumerate(self._buckets):
-            if room < _MIN_ROOM:
+            if room < _MIN_ROOM or skips >= _MAX_SKIPS:
                 break
             for uid in reversed(bucket):
                 name, update, size = bucket[uid]
@@ -56,6 +60,10 @@ class BroadcastQueue:
                     picked.append((t, uid, name, update, size))
                     room -= size
                     if room < _MIN_ROOM:
+                        break
+                else:
+                    skips += 1
+                    if skips >= _MAX_SKIPS:
                         break
         for t, uid, name, update, size in picked:
             del self._buckets[t][uid]

@@ -86,6 +86,11 @@ class MembershipKnobs:
     #: up to 32 members; above that it is stretched by ceil(log2(n / 32)) + 1 like memberlist,
     #: so the cluster-wide push-pull traffic stays roughly flat. Repairs anything gossip lost.
     push_pull_interval: float = 30.0
+    #: A member that just joined syncs once more with a random member between join_resync and
+    #: 2 x join_resync seconds later: its seed could not tell it about members that joined
+    #: while it did (their news was still spreading), and the periodic push-pull is minutes
+    #: away in a big cluster.
+    join_resync: float = 5.0
     #: Seconds a dead or left member stays listed (so operators and the agent see it) before it
     #: is forgotten. Until then it comes back only with a higher incarnation; a restarted node
     #: gets one by refuting the "dead" it learns on join.
@@ -97,6 +102,7 @@ class MembershipKnobs:
 
     def __post_init__(self) -> None:
         positive = ("probe_interval", "probe_timeout", "gossip_interval", "push_pull_interval",
+                    "join_resync",
                     "suspicion_mult", "suspicion_max_timeout_mult", "pause_threshold")
         for field in positive:
             if not getattr(self, field) > 0:

@@ -163,6 +163,10 @@ class Membership:
             if address != self.address:
                 self._send(out, address, PushPull(self.name, self.address, True, False, rows))
                 self._counters["push_pulls"] += 1
+        resync = now + self._rng.uniform(1, 2) * self.knobs.join_resync
+        if resync < self._next_push_pull:
+            self._next_push_pull = resync
+            self._push(resync, _T_PUSH_PULL, None)
         return self._leave_call(now, out)
 
     def receive(self, msg: Message, now: float) -> Output:
@@ -173,7 +177,14 @@ class Membership:
         sender = self._members.get(msg.source)
         if sender is not None:
             sender.last_heard = now
+        members = self._members
         for u in msg.updates:
+            if type(u) is Alive:
+                # Fast path: most gossip repeats what we know (an epidemic sends each update
+                # ~retransmit_limit times to everyone).
+                m = members.get(u.name)
+                if m is not None and u.incarnation <= m.incarnation:
+                    continue
             self._apply(u, now, out)
         t = type(msg)
         if t is Ping:
@@ -672,6 +683,5 @@ class Membership:
     def _state_rows(self) -> tuple[MemberState, ...]:
         rows = [MemberState(self.name, self.address, self.incarnation,
                             LEFT if self._left else ALIVE, dict(self.meta))]
-        for m in self._members.values():
-            rows.append(MemberState(m.name, m.address, m.incarnation, m.state, m.meta))
+        rows.extend(m.row() for m in self._members.values())
         return tuple(rows)
