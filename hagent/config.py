@@ -600,6 +600,12 @@ class FencingConfig:
         "",
         "Unix socket of the lab's simulated host power switch (`lab` driver only; the lab "
         "writes it).")
+    bmc_inventory: str = knob(
+        "",
+        "TOML file of `[hosts.NAME]` tables naming each host's BMC fence driver (`ipmi` or "
+        "`redfish`; docs/fence-drivers.md). With an entry, the leader powers a dead host off "
+        "through its BMC and treats it as fenced as soon as the BMC confirms power-off, "
+        "without waiting for the lease. The same file on every voter. Empty: leases only.")
     unsafe_no_fencing: bool = knob(
         False,
         "Allow running without self-fencing (`watchdog_mode = \"off\"` or driver `none`). "
