@@ -10,13 +10,14 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from hagent.admin import client
+from hagent.config import toml_value
 from hagent.forward.keys import write_key_pair
-from hagent.lab.configs import node_config, plan_nodes, render_toml
 from hagent.lab.ports import PortPicker
 from hagent.secretfile import write_secret
 
@@ -45,39 +46,66 @@ def get(url: str) -> str:
         return resp.read().decode()
 
 
+@dataclass
+class Node:
+    name: str
+    dir: Path
+    status_url: str
+    admin_socket: Path
+
+    @property
+    def log(self) -> Path:
+        return self.dir / "agent.log"
+
+
+def toml(doc: dict[str, dict]) -> str:
+    return "".join(f"[{section}]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in values.items())
+                   for section, values in doc.items())
+
+
 @pytest.fixture
 def agents(tmp_path):
+    """NODES agents, the first VOTERS of them voters, every voter a gossip seed; written here
+    rather than by the lab so this test pins down exactly the gossip settings it needs."""
     picker = PortPicker(tmp_path)
     ports = picker.pick(VOTERS * 2 + NODES * 2)
-    raft, forward = ports[:VOTERS], ports[VOTERS:2 * VOTERS]
-    status, gossip = ports[2 * VOTERS:2 * VOTERS + NODES], ports[2 * VOTERS + NODES:]
-    plans = plan_nodes(tmp_path, NODES, VOTERS, raft, status, forward_ports=forward)
+    raft = [f"127.0.0.1:{p}" for p in ports[:VOTERS]]
+    forward = [f"127.0.0.1:{p}" for p in ports[VOTERS:2 * VOTERS]]
+    status = [f"127.0.0.1:{p}" for p in ports[2 * VOTERS:2 * VOTERS + NODES]]
+    gossip = [f"127.0.0.1:{p}" for p in ports[2 * VOTERS + NODES:]]
     secret = tmp_path / "cluster.secret"
     write_secret(secret)
+    names = [f"node{i + 1}" for i in range(NODES)]
     keys = {}
-    for plan in plans:
-        for d in (plan.dir, plan.state_dir, plan.run_dir, plan.admin_socket.parent):
-            d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        keys[plan.name] = write_key_pair(plan.key_file, overwrite=True).public
-    gossip_address = {p.name: f"127.0.0.1:{port}" for p, port in zip(plans, gossip)}
-    seed = plans[0].name
-    procs = {}
-    for plan in plans:
-        doc = node_config(plan, [p.raft_address for p in plans if p.voter], secret,
-                          forward_endpoints=[p.forward_address for p in plans if p.voter],
-                          public_keys=keys, voter_keys=[keys[p.name] for p in plans if p.voter])
-        doc["security"]["allowed_keys"] = [keys[n] for n in sorted(keys)]
-        doc["gossip"] = {"bind": gossip_address[plan.name], "seeds": [gossip_address[seed]],
-                         "seed_keys": [keys[seed]]}
-        plan.config.write_text(render_toml(doc))
+    for name in names:
+        (tmp_path / name / "run").mkdir(parents=True, mode=0o700)
+        keys[name] = write_key_pair(tmp_path / name / "node.key").public
+    voter_keys = [keys[n] for n in names[:VOTERS]]
+    nodes, procs = [], {}
+    for i, name in enumerate(names):
+        d = tmp_path / name
+        doc = {
+            "node": {"name": name, "state_dir": str(d / "state"), "run_dir": str(d / "run")},
+            "raft": {"voters": raft, **({"bind": raft[i], "secret_file": str(secret)}
+                                        if i < VOTERS else {})},
+            "forward": {"endpoints": forward},
+            "security": {"key_file": str(d / "node.key"), "allowed_keys": sorted(keys.values()),
+                         "voter_keys": voter_keys},
+            "gossip": {"bind": gossip[i], "seeds": gossip[:VOTERS], "seed_keys": voter_keys},
+            "admin": {"socket": str(d / "run" / "hagent.sock")},
+            "status": {"bind": status[i]},
+        }
+        (d / "hagent.toml").write_text(toml(doc))
+        node = Node(name, d, f"http://{status[i]}", d / "run" / "hagent.sock")
+        nodes.append(node)
         env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
         env.pop("NOTIFY_SOCKET", None)
-        with open(plan.log, "ab") as log:
-            procs[plan.name] = subprocess.Popen(
-                [sys.executable, "-m", "hagent", "run", "--config", str(plan.config)],
+        with open(node.log, "ab") as log:
+            procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "hagent", "run", "--config", str(d / "hagent.toml")],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                 start_new_session=True)
-    yield plans, procs
+    yield nodes, procs
     for proc in procs.values():
         if proc.poll() is None:
             proc.kill()
