@@ -13,6 +13,7 @@ renewal (or became leader, if later). A renewal is applied after it was sent, so
 """
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 #: Seconds after sending a renewal that has not committed yet before sending the next one
@@ -172,6 +173,10 @@ class LeaseJudge:
     committed by an earlier leader but not yet applied here were sent before this node
     became leader, so counting from then covers them. A host never seen is judged from
     becoming leader alone: it may be running VMs whose renewals this node never applied.
+
+    The lease service calls ``renewal_applied`` in the Raft thread as each entry is applied
+    (so the judge has seen every renewal before any later entry, such as a recovery intent,
+    is applied), and everything else from the event loop; a lock keeps the two consistent.
     """
 
     def __init__(self, lease_ttl: float) -> None:
@@ -180,33 +185,38 @@ class LeaseJudge:
         self.lease_ttl = lease_ttl
         self.leader_since: float | None = None
         self._applied: dict[str, tuple[int, float]] = {}  # host -> (highest seq, applied at)
+        self._lock = threading.Lock()
 
     def renewal_applied(self, host: str, seq: int, now: float) -> None:
         """This node applied a committed renewal of ``host`` at ``now``. Any renewal counts,
         even one with a lower number than seen before: counting it only makes the leader
         wait longer, never shorter."""
-        old = self._applied.get(host)
-        if old is None:
-            self._applied[host] = (seq, now)
-        else:
-            self._applied[host] = (max(seq, old[0]), max(now, old[1]))
+        with self._lock:
+            old = self._applied.get(host)
+            if old is None:
+                self._applied[host] = (seq, now)
+            else:
+                self._applied[host] = (max(seq, old[0]), max(now, old[1]))
 
     def became_leader(self, now: float) -> None:
         """This node became leader (of a new term) at ``now``; a later ``now`` is safe."""
-        self.leader_since = now
+        with self._lock:
+            self.leader_since = now
 
     def lost_leadership(self) -> None:
-        self.leader_since = None
+        with self._lock:
+            self.leader_since = None
 
     @property
     def is_leader(self) -> bool:
         return self.leader_since is not None
 
     def _since(self, host: str) -> float | None:
-        if self.leader_since is None:
-            return None
-        applied = self._applied.get(host)
-        return self.leader_since if applied is None else max(applied[1], self.leader_since)
+        with self._lock:
+            if self.leader_since is None:
+                return None
+            applied = self._applied.get(host)
+            return self.leader_since if applied is None else max(applied[1], self.leader_since)
 
     def fenced(self, host: str, now: float) -> bool:
         """True only if this node is leader and ``host``'s lease ran out by ``now``."""
@@ -220,8 +230,10 @@ class LeaseJudge:
 
     def hosts(self) -> list[str]:
         """Every host whose renewal this node applied, in first-seen order."""
-        return list(self._applied)
+        with self._lock:
+            return list(self._applied)
 
     def last_seq(self, host: str) -> int | None:
-        applied = self._applied.get(host)
+        with self._lock:
+            applied = self._applied.get(host)
         return None if applied is None else applied[0]

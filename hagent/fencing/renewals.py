@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 #: of slack (lease_ttl - safety_margin = 10 s by default); 50 ms turns 1,000 nodes renewing
 #: every 5 s (200/s) into at most 20 entries/s.
 BATCH_WINDOW = 0.05
+#: Longest a renewal waits behind a batch still in flight before it goes in a batch of its
+#: own. A commit takes milliseconds; a batch older than this is stuck behind an election
+#: and may take up to PROPOSE_TIMEOUT (8 s) of the 10 s the renewals have.
+MAX_HOLD = 0.5
 #: Most hosts in one entry: ~30 bytes each keeps an entry far below the 1 MiB command cap.
 MAX_BATCH_HOSTS = 5000
 
@@ -51,20 +55,24 @@ def batchable(command: Any) -> bool:
 
 
 class RenewalBatcher:
-    """Coalesces ``lease.renew`` commands into one proposal at a time (asyncio, one loop).
+    """Coalesces ``lease.renew`` commands into few proposals (asyncio, one loop).
 
     ``propose`` is the voter's own propose (answers within its timeout, never raises for a
     log failure). ``renew`` answers like ``propose`` would have for that command alone.
+    Renewals wait ``window`` for company, then for the batch in flight to be answered,
+    but never more than ``max_hold`` behind it: a batch stuck in an election (up to
+    PROPOSE_TIMEOUT) must not hold every later renewal that long.
     """
 
     def __init__(self, propose: Propose, window: float = BATCH_WINDOW,
-                 max_hosts: int = MAX_BATCH_HOSTS) -> None:
+                 max_hosts: int = MAX_BATCH_HOSTS, max_hold: float = MAX_HOLD) -> None:
         self._propose = propose
         self.window = window
         self.max_hosts = max_hosts
+        self.max_hold = max_hold
         self._waiting: list[tuple[dict[str, int], asyncio.Future]] = []
         self._timer: asyncio.TimerHandle | None = None
-        self._in_flight: asyncio.Task | None = None
+        self._in_flight: dict[asyncio.Task, float] = {}  # batch -> loop time it was proposed
         #: Counters: renewals answered, proposals made for them.
         self.renewals = 0
         self.batches = 0
@@ -74,15 +82,23 @@ class RenewalBatcher:
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()
         self._waiting.append((dict(command["hosts"]), future))
-        if self._timer is None and self._in_flight is None:
+        if self._timer is None:
             self._timer = loop.call_later(self.window, self._flush)
         return await future
 
     def _flush(self) -> None:
-        """Propose the waiting renewals (up to ``max_hosts`` hosts) as one entry."""
-        self._timer = None
-        if self._in_flight is not None:
-            return  # the batch in flight flushes again when it is answered
+        """Propose the waiting renewals (up to ``max_hosts`` hosts) as one entry, unless a
+        batch proposed less than ``max_hold`` ago is still in flight: then try again when
+        it is answered or reaches that age, whichever comes first."""
+        loop = asyncio.get_running_loop()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._in_flight:
+            newest = max(self._in_flight.values())
+            if loop.time() < newest + self.max_hold:
+                self._timer = loop.call_at(newest + self.max_hold, self._flush)
+                return
         batch: list[tuple[dict[str, int], asyncio.Future]] = []
         hosts: dict[str, int] = {}
         while self._waiting:
@@ -95,9 +111,11 @@ class RenewalBatcher:
             batch.append((own, future))
             for name, seq in own.items():
                 hosts[name] = max(seq, hosts.get(name, seq))  # the log keeps the highest anyway
-        if not batch:
-            return
-        self._in_flight = asyncio.get_running_loop().create_task(self._send(hosts, batch))
+        if batch:
+            task = loop.create_task(self._send(hosts, batch))
+            self._in_flight[task] = loop.time()
+        if self._waiting and self._timer is None:
+            self._timer = loop.call_later(0, self._flush)  # more than max_hosts were waiting
 
     async def _send(self, hosts: dict[str, int], batch: list[tuple[dict[str, int], asyncio.Future]]) -> None:
         try:
@@ -113,8 +131,9 @@ class RenewalBatcher:
             self.renewals += len(batch)
             _answer_all(batch, answer)
         finally:
-            self._in_flight = None
-            if self._waiting and self._timer is None:
+            task = asyncio.current_task()
+            self._in_flight.pop(task, None)  # type: ignore[arg-type]
+            if self._waiting and not self._in_flight:
                 # They already waited at least as long as this batch took: no new window.
                 self._flush()
 
@@ -125,10 +144,10 @@ class RenewalBatcher:
             self._timer = None
         waiting, self._waiting = self._waiting, []
         _answer_all(waiting, _STOPPING)
-        task, self._in_flight = self._in_flight, None
-        if task is not None:
+        tasks, self._in_flight = list(self._in_flight), {}
+        for task in tasks:
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 _STOPPING = {"ok": False, "retryable": True, "error": "the voter is stopping"}

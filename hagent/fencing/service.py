@@ -4,13 +4,14 @@ host's lease for the leader (ARCHITECTURE.md §3 rule 2, docs/fencing.md).
 
 The decisions are ``hagent.fencing.lease`` (sans-IO); this module is the asyncio shell
 around them: one task that sends renewals and watches the deadline, one short task per
-renewal in flight, and callbacks from the Raft thread (applies, role changes) handed to the
-loop with ``call_soon_threadsafe``.
+renewal in flight, and callbacks from the Raft thread (applies, role changes) that update
+the thread-safe ``LeaseJudge`` directly, so it never lags the log.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from typing import Any
 
@@ -44,6 +45,7 @@ class LeaseService:
         #: True once this node fenced itself: it renews no more and never disarms.
         self.self_fenced = False
         self._leader_term: int | None = None
+        self._role_lock = threading.Lock()
         self._boot_id = ""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None
@@ -207,48 +209,35 @@ class LeaseService:
             log.error("cannot write %s: %s (a restart may reuse sequence numbers, which costs "
                       "one renewal)", self.memory_path, exc)
 
-    # --- the leader's judge (callbacks from the Raft thread) -----------------------------------
+    # --- the leader's judge (called in the Raft thread) ------------------------------------------
     def _observe_apply(self, command: dict, result: dict) -> None:
-        if command.get("op") != "lease.renew" or not isinstance(result, dict) or not result.get("ok"):
+        """Right after the entry is applied, before this node answers its proposer and
+        before any later entry is applied: a recovery intent committed after a renewal
+        is always judged with that renewal counted (docs/fencing.md, "Timing")."""
+        judge = self.judge
+        if (judge is None or command.get("op") != "lease.renew" or not isinstance(result, dict)
+                or not result.get("ok") or not isinstance(command.get("hosts"), dict)):
             return
-        self._to_loop(self._renewals_applied, command.get("hosts"))
+        now = time.monotonic()  # after the apply: never earlier than the renewal was sent
+        for host, seq in command["hosts"].items():
+            judge.renewal_applied(host, seq, now)
 
     def _observe_role(self, role: str, term: int) -> None:
-        self._to_loop(self._role_changed, role, term)
-
-    def _to_loop(self, fn: Any, *args: Any) -> None:
-        loop = self._loop
-        if loop is None:
-            return
-        if loop.is_closed():
-            return
-        try:
-            loop.call_soon_threadsafe(fn, *args)
-        except RuntimeError:
-            pass  # the loop closed between the check and the call: the agent is stopping
-
-    def _renewals_applied(self, hosts: Any) -> None:
-        # Time read on the loop, after the apply: later than the apply itself, which only
-        # makes the leader wait longer.
-        now = time.monotonic()
-        if self.judge is None or not isinstance(hosts, dict):
-            return
-        for host, seq in hosts.items():
-            self.judge.renewal_applied(host, seq, now)
-
-    def _role_changed(self, role: str, term: int) -> None:
+        """Raft thread (and once from the loop at start): a new term as leader restarts the
+        count; any other role stops judging at once."""
         judge = self.judge
         if judge is None:
             return
-        if role == "leader":
-            if self._leader_term != term:
-                judge.became_leader(time.monotonic())
-                self._leader_term = term
-                log.info("leader in term %d: no host's lease counts as expired for %g s",
-                         term, judge.lease_ttl)
-        elif self._leader_term is not None:
-            judge.lost_leadership()
-            self._leader_term = None
+        with self._role_lock:
+            if role == "leader":
+                if self._leader_term != term:
+                    judge.became_leader(time.monotonic())
+                    self._leader_term = term
+                    log.info("leader in term %d: no host's lease counts as expired for %g s",
+                             term, judge.lease_ttl)
+            elif self._leader_term is not None:
+                judge.lost_leadership()
+                self._leader_term = None
 
     # --- status ---------------------------------------------------------------------------------
     def lease_status(self) -> dict[str, Any]:
@@ -271,13 +260,14 @@ class LeaseService:
                 "renewals_in_flight": keeper.in_flight,
             })
         judge = self.judge
-        if judge is not None and judge.is_leader:
-            assert judge.leader_since is not None
-            doc["leader"] = {
-                "leader_for": round(now - judge.leader_since, 3),
-                "hosts": {h: {"seq": judge.last_seq(h), "expires_in": round(judge.expires_in(h, now), 3)}
-                          for h in judge.hosts()},
-            }
+        since = judge.leader_since if judge is not None else None
+        if judge is not None and since is not None:
+            hosts = {}
+            for host in judge.hosts():
+                expires_in = judge.expires_in(host, now)
+                if expires_in is not None:  # None: leadership lost while listing
+                    hosts[host] = {"seq": judge.last_seq(host), "expires_in": round(expires_in, 3)}
+            doc["leader"] = {"leader_for": round(now - since, 3), "hosts": hosts}
         return doc
 
 

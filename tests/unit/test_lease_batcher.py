@@ -18,6 +18,7 @@ class Log:
         self.state = ClusterState()
         self.proposals: list[dict[str, Any]] = []
         self.hold: asyncio.Event | None = None
+        self.hold_first_only = False
         self.entered = asyncio.Event()
         self.answer: dict[str, Any] | None = None  # set: answer this instead of applying
         self.raise_: Exception | None = None
@@ -25,7 +26,7 @@ class Log:
     async def __call__(self, command: dict[str, Any]) -> dict[str, Any]:
         self.proposals.append(command)
         self.entered.set()
-        if self.hold is not None:
+        if self.hold is not None and (len(self.proposals) == 1 or not self.hold_first_only):
             await self.hold.wait()
         if self.raise_ is not None:
             raise self.raise_
@@ -74,6 +75,23 @@ def test_renewals_arriving_while_a_batch_is_in_flight_go_in_the_next_one():
     log, first, later = run(main())
     assert [p["hosts"] for p in log.proposals] == [{"cn1": 1}, {"cn2": 7, "cn3": 7}]
     assert first["ok"] and all(a["ok"] for a in later)
+
+
+def test_a_batch_stuck_in_flight_holds_later_renewals_only_max_hold():
+    async def main():
+        log = Log()
+        log.hold, log.hold_first_only = asyncio.Event(), True  # the first never commits
+        batcher = RenewalBatcher(log, window=0.0, max_hold=0.05)
+        stuck = asyncio.ensure_future(batcher.renew(renew("cn1", 1)))
+        await log.entered.wait()
+        later = await batcher.renew(renew("cn2", 1))  # answered although cn1's is stuck
+        assert not stuck.done()
+        log.hold.set()
+        return log, later, await stuck
+
+    log, later, stuck = run(main())
+    assert [p["hosts"] for p in log.proposals] == [{"cn1": 1}, {"cn2": 1}]
+    assert later["ok"] and stuck["ok"]
 
 
 def test_two_renewals_of_one_host_keep_the_highest_number():
