@@ -394,18 +394,19 @@ class ForwardConfig:
 
 @dataclass(frozen=True)
 class SecurityConfig:
-    """CURVE keys for forwarding: this node's key pair and the public keys it trusts."""
+    """CURVE keys for forwarding and gossip: this node's key pair and the public keys it trusts."""
 
     key_file: Path = knob(
         Path("/etc/hagent/node.key"),
         "This node's CURVE key pair, written by `hagent keygen --out FILE` (mode 0600). "
         "Start-up refuses a file its group or other users may read. Needed when "
-        "`forward.endpoints` is set.")
+        "`forward.endpoints` or `gossip.bind` is set.")
     allowed_keys: list[str] = knob(
         [],
-        "Z85 public keys allowed to talk to this voter's forward endpoint: the allow-list, "
-        "one key per non-voter (`hagent keygen` prints it). Any other key is refused during "
-        "the handshake; remove a key to lock its node out. Ignored on non-voters.",
+        "Z85 public keys allowed to talk to this node's gossip socket and (on a voter) its "
+        "forward endpoint: the allow-list, one key per node of the cluster (`hagent keygen` "
+        "prints it). Any other key is refused during the handshake; remove a key to lock its "
+        "node out.",
         check=(no_duplicates,), item_check=(z85_key,),
         example=["?^hp}TB@SZW4PO4o@#gJ*>601B]Zjp8]lWSc*AMm", "[d@y&4jL![?ZCz/xBM>kh:Q6/1854yv=IBx{SurV"])
     voter_keys: list[str] = knob(
@@ -1087,8 +1088,8 @@ def check_config_main(path: str, *, check_secret: bool = True) -> int:
 
     Returns the exit status: 1 if the agent would refuse to start, else 0. With
     ``check_secret`` the files start-up reads are read too, so a wrong mode is caught
-    before a restart: the Raft secret on a voter (non-voters never hold it) and the CURVE
-    key file when forwarding is configured.
+    before a restart: the Raft secret on a voter (non-voters never hold it), the CURVE
+    key file when forwarding or gossip is configured, and the BMC inventory.
     """
     try:
         config = load_config(Path(path))
@@ -1105,13 +1106,20 @@ def check_config_main(path: str, *, check_secret: bool = True) -> int:
                 read_secret(config.raft.secret_file)
             except SecretFileError as exc:
                 problems.append(f"raft.secret_file: {exc}")
-        if config.forwarding:
+        if config.forwarding or config.gossip.bind:
             from hagent.forward.keys import read_key_pair
 
             try:
                 read_key_pair(config.security.key_file)
             except SecretFileError as exc:
                 problems.append(f"security.key_file: {exc}")
+        if config.fencing.bmc_inventory:
+            from hagent.fencing.inventory import InventoryError, load_fence_inventory
+
+            try:
+                load_fence_inventory(Path(config.fencing.bmc_inventory))
+            except InventoryError as exc:
+                problems.append(f"fencing.bmc_inventory: {exc}")
         if problems:
             for problem in problems:
                 print(f"{path}: {problem}", file=sys.stderr)
