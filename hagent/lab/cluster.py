@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable
 
 import psutil
 
-from hagent.lab import configs
+from hagent.lab import configs, power
 from hagent.lab.netns import NetnsError, Network
 from hagent.lab.ports import PortPicker
 
@@ -200,6 +200,11 @@ class Lab:
                 configs.write_node_files(plans, secret, config_extra)
                 lab = cls(lab_dir, [LabNode.from_plan(p, network) for p in plans])
                 lab._env = env
+                try:
+                    power.start_switches(lab_dir, {p.name: p.power_socket for p in plans},
+                                         lab._child_env())
+                except power.PowerError as exc:
+                    raise LabError(str(exc)) from None
                 for node in lab.nodes:
                     lab._spawn(node)
                 lab._save()
@@ -216,9 +221,10 @@ class Lab:
                         continue
                     raise LabError(f"{exc}\n(agents stopped; configs and logs kept in {lab_dir})") from None
         except BaseException:
+            if lab is not None:  # interrupted between spawning and waiting
+                lab._stop(lab.names, STOP_TIMEOUT)
+            power.stop_switches(lab_dir)
             if network is not None and Network.load(lab_dir) is not None:
-                if lab is not None:  # interrupted between spawning and waiting
-                    lab._stop(lab.names, STOP_TIMEOUT)
                 network.teardown()
             raise
         if register:
@@ -230,6 +236,7 @@ class Lab:
         """Refuse to start over a running lab; wipe the state of a stopped one (and its network,
         also one left by an `up` that died before it wrote ``lab.json``)."""
         if not (lab_dir / LAB_FILE).exists():
+            power.stop_switches(lab_dir)
             Lab.remove_network(lab_dir)
             return
         old = Lab.load(lab_dir)
@@ -237,6 +244,7 @@ class Lab:
         if alive:
             raise LabError(f"a lab is already running in {lab_dir} ({', '.join(alive)}); "
                            f"run `hagent lab down --dir {lab_dir}` first")
+        power.stop_switches(lab_dir)  # left by a lab whose agents all stopped
         for node in old.nodes:
             shutil.rmtree(Path(node.config).parent, ignore_errors=True)
         Lab.remove_network(lab_dir)
@@ -330,12 +338,16 @@ class Lab:
 
     _env: dict[str, str] | None = None
 
-    def _spawn(self, node: LabNode) -> None:
+    def _child_env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.update(self._env or {})
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")]))
         env["PYTHONUNBUFFERED"] = "1"
         env.pop("NOTIFY_SOCKET", None)  # the lab is not systemd
+        return env
+
+    def _spawn(self, node: LabNode) -> None:
+        env = self._child_env()
         argv = [sys.executable, "-m", "hagent", "run", "--config", node.config]
         if node.netns:  # `ip netns exec` execs in place: the pid stays the agent's
             argv = ["ip", "netns", "exec", node.netns, *argv]
@@ -371,12 +383,35 @@ class Lab:
         self._wait_gone([name], STOP_TIMEOUT)
 
     def start(self, name: str) -> None:
-        """Start a stopped or crashed agent again with the same config and ports."""
+        """Start a stopped or crashed agent again with the same config and ports, powering
+        its host on first if the watchdog or ``kill_host`` turned it off."""
         node = self.node(name)
         if self.state(name) != STOPPED:
             raise LabError(f"{name} is already running (pid {node.pid})")
+        try:
+            if not power.power_state(self.dir, name)["on"]:
+                power.power(self.dir, name, "on")
+        except power.PowerError as exc:
+            raise LabError(str(exc)) from None
         self._spawn(node)
         self._save()
+
+    def kill_host(self, name: str) -> dict[str, Any]:
+        """Power ``name``'s simulated host off at once: its agent dies with it. Returns the
+        switch's record (``off_at_monotonic`` on this machine's monotonic clock)."""
+        try:
+            record = power.power(self.dir, name, "off")
+        except power.PowerError as exc:
+            raise LabError(str(exc)) from None
+        self._wait_gone([name], STOP_TIMEOUT)
+        return record
+
+    def power_state(self, name: str) -> dict[str, Any]:
+        """``name``'s simulated host: on, off_at_monotonic, reason (``watchdog``, ``lab``), ..."""
+        try:
+            return power.power_state(self.dir, name)
+        except power.PowerError as exc:
+            raise LabError(str(exc)) from None
 
     def pause(self, name: str) -> None:
         """SIGSTOP: the process freezes (no heartbeats, no answers) but keeps its sockets."""
@@ -407,6 +442,7 @@ class Lab:
         it has one. Configs, state and logs stay for debugging unless ``purge``, which deletes
         the lab directory."""
         self._stop(self.names, timeout)
+        power.stop_switches(self.dir)
         self.remove_network(self.dir)
         ports = []
         for node in self.nodes:

@@ -71,6 +71,11 @@ class NodePlan:
         return self.dir / "run"
 
     @property
+    def power_socket(self) -> Path:
+        """Its simulated host's power switch (the ``lab`` watchdog driver's socket)."""
+        return power_socket_path(self.dir.parent, self.name)
+
+    @property
     def status_url(self) -> str:
         """Base URL of the status endpoint (append /status, /health, /leader, /metrics)."""
         return f"http://{self.status_bind}"
@@ -81,14 +86,20 @@ def node_name(index: int) -> str:
     return f"node{index}"
 
 
-def admin_socket_path(lab_dir: Path, name: str) -> Path:
-    """``DIR/<name>/run/hagent.sock``, or a short path under the temp dir if that one would
+def admin_socket_path(lab_dir: Path, name: str, socket: str = "hagent.sock") -> Path:
+    """``DIR/<name>/run/<socket>``, or a short path under the temp dir if that one would
     not fit in an AF_UNIX address (the short path is derived from DIR, so it is stable)."""
-    path = Path(lab_dir) / name / "run" / "hagent.sock"
+    path = Path(lab_dir) / name / "run" / socket
     if len(os.fsencode(str(path))) <= MAX_SOCKET_PATH:
         return path
     digest = hashlib.sha256(os.fsencode(str(Path(lab_dir).resolve()))).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f"hagent-lab-{digest}" / f"{name}.sock"
+    stem = name if socket == "hagent.sock" else f"{name}-{socket.removesuffix('.sock')}"
+    return Path(tempfile.gettempdir()) / f"hagent-lab-{digest}" / f"{stem}.sock"
+
+
+def power_socket_path(lab_dir: Path, name: str) -> Path:
+    """The socket of ``name``'s simulated power switch and watchdog (hagent.lab.power)."""
+    return admin_socket_path(lab_dir, name, "power.sock")
 
 
 def plan_nodes(lab_dir: Path, nodes: int, voters: int, raft_ports: list[int],
@@ -171,6 +182,9 @@ def node_config(plan: NodePlan, voter_addresses: list[str], secret: Path,
                    "seed_keys": list(voter_keys)},
         "admin": {"socket": str(plan.admin_socket)},
         "status": {"bind": plan.status_bind},
+        # The simulated host's power switch is the watchdog: it powers the host off if the
+        # agent stops seeing its lease renewals committed (docs/fencing.md).
+        "fencing": {"watchdog_driver": "lab", "lab_power_socket": str(plan.power_socket)},
     }
     for section, values in (extra or {}).items():
         if not isinstance(values, dict):
