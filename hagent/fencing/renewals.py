@@ -117,7 +117,8 @@ class RenewalBatcher:
         if self._waiting and self._timer is None:
             self._timer = loop.call_later(0, self._flush)  # more than max_hosts were waiting
 
-    async def _send(self, hosts: dict[str, int], batch: list[tuple[dict[str, int], asyncio.Future]]) -> None:
+    async def _send(self, hosts: dict[str, int],
+                    batch: list[tuple[dict[str, int], asyncio.Future]]) -> None:
         try:
             try:
                 answer = await self._propose({"op": "lease.renew", "hosts": hosts})
@@ -162,7 +163,9 @@ def _answer_all(batch: list[tuple[dict[str, int], asyncio.Future]], answer: Any)
 def _answer_for(own: dict[str, int], answer: Any) -> dict[str, Any]:
     """The batch's answer as the caller who renewed ``own`` would have had it alone."""
     if not isinstance(answer, dict) or answer.get("ok") is not True:
-        return dict(answer) if isinstance(answer, dict) else {"ok": False, "error": f"bad answer {answer!r}"}
+        if isinstance(answer, dict):
+            return dict(answer)
+        return {"ok": False, "error": f"bad answer {answer!r}"}
     result = answer.get("result")
     if not isinstance(result, dict) or not all(name in result for name in own):
         return {"ok": False, "retryable": True, "error": "the log's answer to a batched renewal "

@@ -255,7 +255,8 @@ class LeaseService:
         if keeper is not None:
             doc.update({
                 "seq": keeper.committed_seq,
-                "committed_ago": None if keeper.committed_at is None else round(now - keeper.committed_at, 3),
+                "committed_ago": (None if keeper.committed_at is None
+                                  else round(now - keeper.committed_at, 3)),
                 "deadline_in": round(keeper.deadline - now, 3),
                 "renewals_in_flight": keeper.in_flight,
             })

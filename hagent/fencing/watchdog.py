@@ -181,7 +181,8 @@ class LinuxWatchdog(Watchdog):
             timeout = self._set_timeout(longest)
             if timeout > self.window:
                 raise WatchdogError(f"{self.describe()} rounds a {longest} s timeout up to "
-                                    f"{timeout} s, beyond lease_ttl - safety_margin ({self.window:g} s)")
+                                    f"{timeout} s, beyond lease_ttl - safety_margin "
+                                    f"({self.window:g} s)")
         else:
             self.fixed_timeout = self._get_timeout()
             if self.fixed_timeout >= self.window:
@@ -232,7 +233,8 @@ class LinuxWatchdog(Watchdog):
         try:
             fcntl.ioctl(self._fd, WDIOC_SETTIMEOUT, buf, True)
         except OSError as exc:
-            raise WatchdogError(f"cannot set the timeout of {self.describe()}: {exc.strerror}") from None
+            raise WatchdogError(f"cannot set the timeout of {self.describe()}: "
+                                f"{exc.strerror}") from None
         return struct.unpack("=i", buf)[0]
 
     def _get_timeout(self) -> int:
@@ -240,7 +242,8 @@ class LinuxWatchdog(Watchdog):
         try:
             fcntl.ioctl(self._fd, WDIOC_GETTIMEOUT, buf, True)
         except OSError as exc:
-            raise WatchdogError(f"cannot read the timeout of {self.describe()}: {exc.strerror}") from None
+            raise WatchdogError(f"cannot read the timeout of {self.describe()}: "
+                                f"{exc.strerror}") from None
         return struct.unpack("=i", buf)[0]
 
     def _keepalive(self) -> None:
@@ -282,7 +285,8 @@ def _open_hint(exc: OSError) -> str:
     import errno
 
     return {
-        errno.ENOENT: " (no watchdog: load softdog with `modprobe softdog`, or set fencing.watchdog_device)",
+        errno.ENOENT: " (no watchdog: load softdog with `modprobe softdog`, or set "
+                      "fencing.watchdog_device)",
         errno.EBUSY: " (another process holds it: a second agent, or a watchdog daemon)",
         errno.EACCES: " (the agent needs write access to it: run as root)",
         errno.ENXIO: " (a FIFO stand-in with no reader)",

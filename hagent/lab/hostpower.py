@@ -74,7 +74,8 @@ def call(socket_path: str | Path, request: dict[str, Any], timeout: float = 2.0)
     try:
         answer = json.loads(data)
     except ValueError:
-        raise HostPowerError(f"power switch at {socket_path} sent no valid answer: {data[:200]!r}") from None
+        raise HostPowerError(f"power switch at {socket_path} sent no valid answer: "
+                             f"{data[:200]!r}") from None
     if not isinstance(answer, dict) or answer.get("ok") is not True:
         error = answer.get("error") if isinstance(answer, dict) else answer
         raise HostPowerError(f"power switch at {socket_path} refused {request.get('cmd')!r}: {error}")
@@ -309,9 +310,12 @@ async def _serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hagent.lab.hostpower", description=__doc__.split("\n")[0])
-    parser.add_argument("--socket", required=True, help="Unix socket to serve (the agent's fencing.lab_power_socket)")
-    parser.add_argument("--host", required=True, help="the simulated host's name (for logs and the state file)")
+    parser = argparse.ArgumentParser(prog="python -m hagent.lab.hostpower",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--socket", required=True,
+                        help="Unix socket to serve (the agent's fencing.lab_power_socket)")
+    parser.add_argument("--host", required=True,
+                        help="the simulated host's name (for logs and the state file)")
     parser.add_argument("--state", help="state file (default: the socket path with .json)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,

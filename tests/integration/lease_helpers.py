@@ -137,7 +137,8 @@ class PowerSwitch:
         self.state_file = hostpower.default_state_path(self.socket)
         env = dict(os.environ, PYTHONPATH=str(REPO))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hagent.lab.hostpower", "--socket", str(self.socket), "--host", host],
+            [sys.executable, "-m", "hagent.lab.hostpower", "--socket", str(self.socket),
+             "--host", host],
             env=env, stdout=subprocess.DEVNULL, stderr=open(directory / "hostpower.log", "ab"))
 
         def up() -> bool:

@@ -120,7 +120,8 @@ def test_lab_driver_close_disarms_and_abandon_lets_the_deadline_fire(switch, chi
     assert child.wait(5.0) == -signal.SIGKILL
 
 
-def test_lease_service_with_the_lab_driver_powers_off_a_host_cut_off_from_the_log(tmp_path, switch, child):
+def test_lease_service_with_the_lab_driver_powers_off_a_host_cut_off_from_the_log(
+        tmp_path, switch, child):
     """Renewals commit, then the log stops answering: the switch powers the host off no
     earlier than the deadline (sent time of the latest committed renewal + lease_ttl -
     safety_margin) and kills the 'agent'."""

@@ -69,7 +69,8 @@ def test_voters_judge_leases_from_applied_renewals(tmp_path):
             def leader_knows_everyone():
                 status = leader.lease.lease_status().get("leader")
                 return status and set(status["hosts"]) >= names and status
-            status = await async_wait_for(leader_knows_everyone, 10.0, "the leader to judge every voter")
+            status = await async_wait_for(leader_knows_everyone, 10.0,
+                                          "the leader to judge every voter")
             assert all(0 < h["expires_in"] <= TTL for h in status["hosts"].values())
             for node in nodes:
                 # A follower learns its commit when it applied the entry itself, a bit later.

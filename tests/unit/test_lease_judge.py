@@ -71,7 +71,8 @@ renewal_fates = st.lists(
     st.tuples(
         st.booleans(),                                  # the renewal reaches the log
         st.floats(min_value=0.0, max_value=3.0),        # send -> leader applies it
-        st.one_of(st.none(), st.floats(min_value=0.0, max_value=3.0)),  # apply -> host learns (None: answer lost)
+        # apply -> the host learns of it (None: the answer is lost)
+        st.one_of(st.none(), st.floats(min_value=0.0, max_value=3.0)),
     ),
     min_size=1, max_size=40)
 
