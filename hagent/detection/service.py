@@ -18,15 +18,19 @@ import time
 from typing import Any, Callable, Mapping, Protocol
 
 from hagent.detection.policy import Action, Fence, HostEventPolicy, Notice, PolicyKnobs, Propose
+from hagent.fencing.ipmi import IpmiFenceDriver
+from hagent.fencing.redfish import RedfishFenceDriver
+from hagent.membership.events import MemberAlive, MemberDead, MemberLeft, MemberSuspect
 
 log = logging.getLogger(__name__)
 
-# Membership event class name -> gossip state (hagent/membership: MemberAlive, MemberSuspect,
-# MemberDead; a graceful leave, if reported, is no failure). Other events are ignored.
-_EVENT_STATES = {"MemberAlive": "alive", "MemberSuspect": "suspect", "MemberDead": "dead",
-                 "MemberLeft": "left"}
+# Membership events that carry a verdict -> the policy's gossip state (a graceful leave is
+# no failure). MemberUpdated and MemberRefuted say nothing about liveness.
+_EVENT_STATES: dict[type, str] = {MemberAlive: "alive", MemberSuspect: "suspect",
+                                  MemberDead: "dead", MemberLeft: "left"}
 # Fence driver methods host.fenced records (consensus/model.py FENCE_METHODS, but "lease").
 _DRIVER_METHODS = ("ipmi", "redfish")
+_DRIVER_CLASSES = ((IpmiFenceDriver, "ipmi"), (RedfishFenceDriver, "redfish"))
 
 
 class AgentLike(Protocol):
@@ -50,9 +54,19 @@ class FenceResultLike(Protocol):
 
 
 class FenceDriverLike(Protocol):
-    method: str  # "ipmi" | "redfish": what host.fenced records
+    """hagent.fencing's IpmiFenceDriver/RedfishFenceDriver, or any object with a ``method``
+    ("ipmi" | "redfish": what host.fenced records) and this coroutine."""
 
     async def power_off(self) -> FenceResultLike: ...
+
+
+def fence_method(driver: Any) -> str | None:
+    """The host.fenced ``method`` a fence driver's confirmation is recorded with."""
+    for cls, method in _DRIVER_CLASSES:
+        if isinstance(driver, cls):
+            return method
+    method = getattr(driver, "method", None)
+    return method if method in _DRIVER_METHODS else None
 
 
 class DetectionService:
@@ -71,18 +85,19 @@ class DetectionService:
                  propose_timeout: float = 15.0, fence_timeout: float = 60.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._drivers = dict(fence_drivers or {})
-        for host, driver in self._drivers.items():
-            if getattr(driver, "method", None) not in _DRIVER_METHODS:
-                raise ValueError(f"the fence driver of host {host!r} must have a `method` of "
-                                 f"{' or '.join(_DRIVER_METHODS)} (got "
-                                 f"{getattr(driver, 'method', None)!r})")
+        methods = {host: fence_method(driver) for host, driver in self._drivers.items()}
+        for host, method in methods.items():
+            if method is None:
+                raise ValueError(f"the fence driver of host {host!r} ({self._drivers[host]!r}) "
+                                 f"is neither an IPMI nor a Redfish driver, nor has a `method` "
+                                 f"of {' or '.join(_DRIVER_METHODS)}")
         self._agent = agent
         self._membership = membership
         self._judge = judge
         self._clock = clock
         self.policy = HostEventPolicy(
             node_name, fenced=self._fenced, knobs=knobs,
-            fence_drivers={host: d.method for host, d in self._drivers.items()})
+            fence_drivers=methods)
         self._tick_interval = tick_interval
         self._follower_poll = follower_poll
         self._refresh_interval = refresh_interval
@@ -120,7 +135,7 @@ class DetectionService:
 
     # --- inputs ------------------------------------------------------------------------
     def _on_event(self, event: Any) -> None:
-        state = _EVENT_STATES.get(type(event).__name__)
+        state = _EVENT_STATES.get(type(event))
         if state is None or not self._running:
             return
         self.policy.gossip(event.name, state, self._clock())

@@ -11,7 +11,9 @@ from typing import Any, Callable
 import pytest
 
 from hagent.detection.policy import PolicyKnobs
-from hagent.detection.service import DetectionService
+from hagent.detection.service import DetectionService, fence_method
+from hagent.fencing.factory import make_fence_driver
+from hagent.membership.events import MemberAlive, MemberDead, MemberSuspect, MemberUpdated
 from tests.fakes import FakeNode
 
 DAMPING = 0.3
@@ -19,24 +21,16 @@ FAST = dict(tick_interval=0.01, follower_poll=0.01, refresh_interval=0.02,
             reconcile_interval=0.05, propose_timeout=0.5, fence_timeout=0.2)
 
 
-@dataclass(frozen=True)
-class MemberAlive:
-    name: str
+def alive(name: str) -> MemberAlive:
+    return MemberAlive(name, f"tcp://{name}:7172", 2)
 
 
-@dataclass(frozen=True)
-class MemberSuspect:
-    name: str
+def suspect(name: str) -> MemberSuspect:
+    return MemberSuspect(name, 1, "cn3")
 
 
-@dataclass(frozen=True)
-class MemberDead:
-    name: str
-
-
-@dataclass(frozen=True)
-class MemberUpdated:  # not a verdict: ignored
-    name: str
+def dead(name: str) -> MemberDead:
+    return MemberDead(name, 1, "cn3")
 
 
 class FakeMembership:
@@ -156,11 +150,11 @@ def test_dead_member_gets_one_stopped_then_started_after_damping(caplog):
         membership = FakeMembership({"cn1": "alive", "cn2": "alive", "cn3": "alive"})
         service = await _service(node, membership)
         try:
-            membership.emit(MemberSuspect("cn2"))
-            membership.emit(MemberUpdated("cn2"))
-            membership.emit(MemberDead("cn2"))
+            membership.emit(suspect("cn2"))
+            membership.emit(MemberUpdated("cn2", "tcp://cn2:7173", {}, 3))  # no verdict
+            membership.emit(dead("cn2"))
             await _wait_for(lambda: _events(node, "cn2") == ["STOPPED"])
-            membership.emit(MemberAlive("cn2"))
+            membership.emit(alive("cn2"))
             await _wait_for(lambda: _events(node, "cn2") == ["STOPPED", "STARTED"])
             await node.turns_pass(50)  # well past another damping: nothing more comes
             assert _ops(node) == ["host.down", "host.up"]
@@ -203,7 +197,7 @@ def test_lease_expiry_fences_and_the_payload_turns_normal():
         membership = FakeMembership({"cn1": "alive", "cn2": "alive"})
         service = await _service(node, membership, judge)
         try:
-            membership.emit(MemberDead("cn2"))
+            membership.emit(dead("cn2"))
             await _wait_for(lambda: _events(node, "cn2") == ["STOPPED"])
             judge.expired.add("cn2")
             await _wait_for(lambda: node.read(lambda s: s.incident("cn2")["fenced"]))
@@ -226,7 +220,7 @@ def test_fence_driver_failures_timeouts_then_confirmation(caplog):
         membership = FakeMembership({"cn1": "alive", "cn2": "alive"})
         service = await _service(node, membership, FakeJudge(), {"cn2": driver})
         try:
-            membership.emit(MemberDead("cn2"))
+            membership.emit(dead("cn2"))
             await _wait_for(lambda: node.read(lambda s: (s.incident("cn2") or {}).get("fenced")))
             incident = node.read(lambda s: s.incident("cn2"))
             assert incident["fence_method"] == "redfish"
@@ -249,7 +243,7 @@ def test_a_log_without_quorum_is_retried_until_it_commits_once():
         membership = FakeMembership({"cn1": "alive", "cn2": "alive"})
         service = await _service(node, membership)
         try:
-            membership.emit(MemberDead("cn2"))
+            membership.emit(dead("cn2"))
             await _wait_for(lambda: service.counters["proposal_failures"] >= 3)
             node.refuse_log = None
             await _wait_for(lambda: _events(node, "cn2") == ["STOPPED"])
@@ -269,7 +263,7 @@ def test_unregistered_host_is_logged_once(caplog):
         membership = FakeMembership({"cn1": "alive", "ghost": "alive"})
         service = await _service(node, membership)
         try:
-            membership.emit(MemberDead("ghost"))
+            membership.emit(dead("ghost"))
             await _wait_for(lambda: len(node.proposed) >= 3)  # refused_retry is 0.2 s here
         finally:
             await service.stop()
@@ -317,7 +311,7 @@ def test_a_hung_proposal_times_out_and_is_resent():
         membership = FakeMembership({"cn1": "alive", "cn2": "alive"})
         service = await _service(node, membership)
         try:
-            membership.emit(MemberDead("cn2"))
+            membership.emit(dead("cn2"))
             await _wait_for(lambda: _events(node, "cn2") == ["STOPPED"])
             assert service.counters["proposal_failures"] == 1
         finally:
@@ -334,11 +328,11 @@ def test_stop_cancels_calls_in_flight():
         service = DetectionService(node, membership, None, "cn1", PolicyKnobs(), {"cn2": driver},
                                    **{**FAST, "fence_timeout": 60.0})
         await service.start()
-        membership.emit(MemberDead("cn2"))
+        membership.emit(dead("cn2"))
         await _wait_for(lambda: driver.calls == 1)
         await service.stop()  # returns although the driver call hangs
         proposed = len(node.proposed)
-        membership.emit(MemberDead("cn3"))  # after stop: ignored, nothing runs
+        membership.emit(dead("cn3"))  # after stop: ignored, nothing runs
         await asyncio.sleep(0)
         assert len(node.proposed) == proposed and not service._tasks
 
@@ -346,6 +340,18 @@ def test_stop_cancels_calls_in_flight():
 
 
 def test_a_driver_without_a_known_method_is_refused_at_construction():
-    with pytest.raises(ValueError, match="fence driver of host 'cn2' must have a `method`"):
+    with pytest.raises(ValueError, match="fence driver of host 'cn2' .* is neither an IPMI"):
         DetectionService(_node(), FakeMembership({}), None, "cn1", PolicyKnobs(),
                          {"cn2": FakeDriver("stonith")})
+
+
+def test_the_real_drivers_are_recorded_by_their_kind(tmp_path):
+    password = tmp_path / "bmc.pw"
+    password.write_text("secret\n")
+    password.chmod(0o600)
+    specs = {"cn2": {"driver": "ipmi", "address": "10.0.0.2", "username": "admin",
+                     "password_file": str(password)},
+             "cn3": {"driver": "redfish", "address": "10.0.0.3", "username": "admin",
+                     "password_file": str(password)}}
+    drivers = {host: make_fence_driver(spec, host=host) for host, spec in specs.items()}
+    assert {h: fence_method(d) for h, d in drivers.items()} == {"cn2": "ipmi", "cn3": "redfish"}
