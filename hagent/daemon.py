@@ -27,6 +27,7 @@ import inspect
 import logging
 import signal
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
@@ -37,10 +38,15 @@ from hagent.admin.server import AdminServer
 from hagent.agent_replica import ReplicaBackend
 from hagent.agent_voter import VoterBackend
 from hagent.config import Config
+from hagent.detection.policy import PolicyKnobs
+from hagent.detection.service import DetectionService
+from hagent.fencing.inventory import load_fence_inventory
+from hagent.fencing.service import LeaseService
 from hagent.forward.keys import read_key_pair
 from hagent.forward.metrics import register_forward_metrics
 from hagent.membership.service import MembershipService
 from hagent.metrics import register_agent_metrics, register_gossip_metrics
+from hagent.monitors.runner import Monitors
 from hagent.spool import Spool
 from hagent.status_http import StatusServer
 from hagent.submitter import Submitter
@@ -62,6 +68,18 @@ class Component:
     name: str
     start: Callable[[], Awaitable[None] | None]
     stop: Callable[[], Awaitable[None] | None]
+
+
+class _LeaseVerdicts:
+    """The lease judge as detection sees it: the LeaseService builds its judge only when it
+    starts (and only on voters), after detection was built; no judge, no lease verdict."""
+
+    def __init__(self, leases: LeaseService) -> None:
+        self._leases = leases
+
+    def fenced(self, host: str, now: float) -> bool:
+        judge = self._leases.judge
+        return judge is not None and judge.fenced(host, now)
 
 
 async def _call(fn: Callable[[], Awaitable[None] | None]) -> None:
@@ -101,6 +119,15 @@ class Agent:
             # PROPOSE_TIMEOUT, a non-voter within forward.timeout per voter): no second timer.
             propose_timeout=None,
         )
+        self.monitors = Monitors.from_config(config, self.submit_notification)
+        self.leases = LeaseService(config, self, self.name)
+        self.detection: DetectionService | None = None
+        if self.membership is not None:
+            drivers = (load_fence_inventory(Path(config.fencing.bmc_inventory))
+                       if config.fencing.bmc_inventory else {})
+            self.detection = DetectionService(
+                self, self.membership, _LeaseVerdicts(self.leases), self.name,
+                PolicyKnobs(up_damping=config.detection.up_damping), drivers)
         self.admin = AdminServer(self, config.admin)
         self.status_server = StatusServer(self, config.status.bind)
         register_agent_metrics(self)
@@ -111,13 +138,18 @@ class Agent:
         """The parts ``serve`` starts, in start order (stopped in reverse): the log first
         (everything else needs it), membership before the admin socket and the status
         endpoint that show it, the submitter last (it proposes at once)."""
-        parts = [Component("backend", self.backend.start, self.backend.stop)]
+        parts = [Component("backend", self.backend.start, self.backend.stop),
+                 Component("leases", self.leases.start, self.leases.stop)]
         if self.membership is not None:
             parts.append(Component("membership", self.membership.start, self.membership.stop))
+        if self.detection is not None:
+            parts.append(Component("detection", self.detection.start, self.detection.stop))
         parts += [
             Component("admin socket", self.admin.start, self.admin.stop),
             Component("status endpoint", self.status_server.start, self.status_server.stop),
             Component("submitter", self.submitter.start, self.submitter.stop),
+            # After the submitter: their stop hands what they queued to the spool.
+            Component("monitors", self.monitors.start, self.monitors.stop),
         ]
         return parts
 
@@ -126,6 +158,8 @@ class Agent:
         status = self.backend.status()
         status["node"] = self.name
         status["spool_depth"] = self.submitter.pending_count()
+        status["lease"] = self.leases.lease_status()
+        status["monitors"] = self.monitors.status()
         if self.membership is not None:
             snap = self.membership.snapshot()
             status["members"] = [{"name": m["name"], "state": m["state"],
@@ -141,8 +175,15 @@ class Agent:
         return self.backend.members()
 
     def lease_expires_in(self, host: str, lease: dict[str, Any] | None) -> float | None:
-        """Seconds until ``host``'s lease runs out, judged from its latest committed renewal
-        (``lease``: the replicated record, renewed_at = the renewing host's wall clock)."""
+        """Seconds until ``host``'s lease runs out. On the leader, its judge's own figure
+        (the one that decides fencing, on this node's monotonic clock); elsewhere an
+        estimate from the latest committed renewal (``lease``: the replicated record,
+        renewed_at = the renewing host's wall clock), shown to operators and used for nothing."""
+        judge = self.leases.judge
+        if judge is not None:
+            expires = judge.expires_in(host, time.monotonic())
+            if expires is not None:
+                return expires
         if lease is None:
             return None
         return lease["renewed_at"] + self.lease_ttl - time.time()
