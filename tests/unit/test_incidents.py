@@ -132,7 +132,8 @@ def test_host_up_closes_the_incident_with_a_started_notification():
     state = cluster()
     ok(state, host_down("d"))
     closed = ok(state, host_up("u", incident=uid("n/d")))
-    assert closed["status"] == "closed" and closed["closed_at"] == "2024-05-01T10:01:00.000000+00:00"
+    assert closed["status"] == "closed"
+    assert closed["closed_at"] == "2024-05-01T10:01:00.000000+00:00"
     assert closed["up_notification_uuid"] == uid("n/u")
     note = state.get_notification(uid("n/u"))
     assert note["payload"] == HOST_UP_PAYLOAD == {
