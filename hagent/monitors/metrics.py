@@ -28,6 +28,19 @@ COUNTERS = {
     "command_failures": "Start, restart, pre or post commands that failed or timed out",
     "stopped_reported": "Processes reported STOPPED (could not be restarted)",
     "started_reported": "Processes reported STARTED (running again after STOPPED)",
+    "events_filtered": "libvirt events the event filter table does not report",
+    "events_reported": "libvirt events queued as VM notifications",
+    "events_lost": "libvirt events seen after the outbox closed at stop (not reported)",
+    "disconnects": "Times the libvirt connection was lost",
+    "reconnects": "Times the libvirt connection was made again after a gap",
+    "connect_failures": "Failed attempts to connect to libvirt",
+    "disconnected_seconds": "Seconds without a libvirt connection (events in them not seen)",
+    "rounds": "Rounds of guest agent pings",
+    "list_errors": "Rounds in which the running guests could not be listed",
+    "pings": "guest-ping commands sent",
+    "ping_failures": "guest-ping commands that failed or timed out",
+    "slot_waits_expired": "Pings skipped for want of a free slot within a round",
+    "guests_reported": "Guests reported QEMU_GUEST_AGENT_ERROR",
 }
 # status key -> help text; exported as hagent_monitor_<key>{monitor=...}.
 GAUGES = {
@@ -36,6 +49,9 @@ GAUGES = {
     "queue_max_depth": "Most notifications the outbox has held at once",
     "queue_size": "Capacity of the outbox",
     "notifications_in_flight": "Submits that have not answered yet",
+    "connected": "1 while the libvirt connection is up",
+    "guests_watched": "Running guests with a guest agent channel",
+    "pings_hung": "Pings whose thread has not returned after the timeout (each holds a slot)",
 }
 
 
@@ -56,3 +72,10 @@ def monitor_metrics(monitors: dict[str, dict[str, Any]]) -> Iterator[Metric]:
         processes.add_metric([name], 1.0 if state == "running" else 0.0)
     if processes.samples:
         yield processes
+    guests = GaugeMetricFamily(
+        f"{PREFIX}_guests", "Guests the introspective monitor watches, by state (discovery: "
+        "no ping answered yet; healthy; failing; reported)", labels=["state"])
+    for state, count in sorted(monitors.get("introspective", {}).get("guests", {}).items()):
+        guests.add_metric([state], float(count))
+    if guests.samples:
+        yield guests

@@ -13,12 +13,12 @@ import logging
 from typing import Any
 
 from hagent.config import Config
-from hagent.monitors import process
+from hagent.monitors import instance, introspective, process
 from hagent.monitors.base import Monitor, MonitorContext, Submit
 
 log = logging.getLogger(__name__)
 
-BUILDERS = (process.build,)
+BUILDERS = (process.build, instance.build, introspective.build)
 
 
 class Monitors:
