@@ -14,11 +14,7 @@ from hagent.forward.protocol import QUERY_NAMES as _FORWARDED_QUERY_NAMES
 
 __all__ = ["QUERY_NAMES", "QueryError", "run_query"]
 
-#: Host incidents (docs/detection.md): ``incidents(status=None)``, ``incident(hostname)``.
-#: The leader's detection service reads them from its own state; a non-voter can ask for
-#: them once the forward protocol's QUERY_NAMES lists them too.
-INCIDENT_QUERY_NAMES = frozenset({"incidents", "incident"})
-QUERY_NAMES = _FORWARDED_QUERY_NAMES | INCIDENT_QUERY_NAMES
+QUERY_NAMES = _FORWARDED_QUERY_NAMES
 
 
 def run_query(state: Any, name: str, kwargs: dict[str, Any]) -> Any:

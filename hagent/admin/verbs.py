@@ -236,6 +236,21 @@ async def notification_show(node: AgentNode, args: dict[str, Any]) -> Any:
     return _found(await _query(node, "get_notification", notification_uuid=key), "notification", key)
 
 
+# --- incidents (host failures, docs/detection.md) ------------------------------------------
+async def incident_list(node: AgentNode, args: dict[str, Any]) -> Any:
+    _no_unknown(args, {"status"})
+    status = args.get("status")
+    if status not in (None, "open", "closed"):
+        raise VerbError(f"status must be 'open' or 'closed' (got {status!r})")
+    return await _query(node, "incidents", status=status)
+
+
+async def incident_show(node: AgentNode, args: dict[str, Any]) -> Any:
+    _no_unknown(args, {"hostname"})
+    host = _arg(args, "hostname")
+    return _found(await _query(node, "incident", hostname=host), "incident of host", host)
+
+
 async def notification_create(node: AgentNode, args: dict[str, Any]) -> Any:
     """Spool then commit; answers {"committed": bool, "notification": record}.
 
@@ -270,6 +285,8 @@ VERBS: dict[str, Verb] = {
     "notification.list": notification_list,
     "notification.show": notification_show,
     "notification.create": notification_create,
+    "incident.list": incident_list,
+    "incident.show": incident_show,
 }
 
 

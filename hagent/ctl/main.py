@@ -34,6 +34,11 @@ NOTIFICATION_LIST = ("notification_uuid", "generated_time", "status", "type", "s
                      "hostname", "payload")
 NOTIFICATION_SHOW = ("created_at", "updated_at", "notification_uuid", "type", "status", "hostname",
                      "source_host_uuid", "source_node", "generated_time", "payload", "message")
+INCIDENT_LIST = ("hostname", "status", "opened_at", "fenced", "fence_method", "fenced_at",
+                 "closed_at", "notification_uuid")
+INCIDENT_SHOW = ("hostname", "status", "host_uuid", "notification_uuid", "notification_status",
+                 "source_node", "opened_at", "fenced", "fence_method", "fence_detail",
+                 "fenced_at", "closed_at", "up_notification_uuid")
 MEMBERS = ("name", "raft_address", "voter", "reachable")
 STATUS = ("node", "role", "voter", "leader", "term", "commit_index", "applied_index", "log_size",
           "ready", "voters", "notifications", "membership", "members")
@@ -216,6 +221,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("generated_time", metavar="GENERATED_TIME", type=iso_time,
                    help="e.g. 2016-01-01T01:00:00.000")
     p.add_argument("payload", metavar="PAYLOAD", type=json_object, help="JSON object")
+
+    # incident (host failures detected by the cluster)
+    incident = verbs.add_parser("incident", help="host failures: STOPPED to fenced to STARTED"
+                                ).add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = incident.add_parser("list", parents=[leaf], help="open incidents and each host's last")
+    p.add_argument("--status", choices=("open", "closed"), help="only open or only closed ones")
+    p = incident.add_parser("show", parents=[leaf], help="a host's open (else last) incident")
+    p.add_argument("hostname", metavar="HOST", help="host name")
     return parser
 
 
@@ -343,6 +356,12 @@ def run(ns: argparse.Namespace, parser: argparse.ArgumentParser, call: Call) -> 
             print("hagentctl: warning: not committed to the log yet; this node's spool keeps "
                   "resending it", file=sys.stderr)
         _out(ns, answer["notification"], lambda r: render.show_table(r, NOTIFICATION_SHOW))
+    elif verb == "incident.list":
+        _out(ns, _request(call, verb, _given(ns, "status")),
+             lambda rows: render.list_table(rows, INCIDENT_LIST))
+    elif verb == "incident.show":
+        _out(ns, _request(call, verb, {"hostname": ns.hostname}),
+             lambda r: render.show_table(r, INCIDENT_SHOW))
     else:  # pragma: no cover - argparse only lets known verbs through
         parser.error(f"unknown verb {verb}")
     return 0

@@ -66,6 +66,7 @@ KINDS = (PROPOSE, QUERY, STATUS)
 QUERY_NAMES = frozenset({
     "list_segments", "get_segment", "list_hosts", "get_host", "list_notifications",
     "get_notification", "counts_by_status", "notification_count", "list_leases", "get_lease",
+    "incidents", "incident",
 })
 
 # Failure codes of a reply (``code``).

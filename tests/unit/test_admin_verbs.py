@@ -286,3 +286,22 @@ def test_a_verb_that_never_finishes_is_answered_at_the_request_timeout(server, n
     assert cancelled == [True]
     assert sample(node, "hagent_admin_requests_total",
                   {"verb": "notification.create", "result": "error"}) == 1
+
+
+
+def test_incident_verbs(server, node):
+    make_segment(server)
+    make_host(server)
+    assert result(server, "incident.list") == []
+    reply = ask(server, "incident.show", {"hostname": "cn1"})
+    assert not reply["ok"] and "cn1" in reply["error"]
+    assert not ask(server, "incident.list", {"status": "all"})["ok"]
+    answer = asyncio.run(node.propose({"op": "host.down", "hostname": "cn1",
+                                       "notification_uuid": str(uuid.uuid4()),
+                                       "generated_time": "2026-01-01T00:00:00",
+                                       "source_node": "node-1"}))
+    assert answer["ok"], answer
+    (incident,) = result(server, "incident.list", {"status": "open"})
+    assert incident["hostname"] == "cn1" and incident["fenced"] is False
+    assert result(server, "incident.show", {"hostname": "cn1"})["status"] == "open"
+    assert result(server, "incident.list", {"status": "closed"}) == []
