@@ -61,7 +61,9 @@ def add_lab_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     down.add_argument("--timeout", type=float, default=STOP_TIMEOUT,
                       help="seconds between SIGTERM and SIGKILL (default %(default)g)")
 
-    for verb, text in (("crash", "SIGKILL one agent"), ("start", "start a stopped agent again"),
+    for verb, text in (("crash", "SIGKILL one agent (its host's watchdog then powers it off)"),
+                       ("kill-host", "power one simulated host off at once, agent included"),
+                       ("start", "start a stopped agent again (powering its host on first)"),
                        ("pause", "SIGSTOP one agent"), ("resume", "SIGCONT a paused agent")):
         p = with_dir(sub.add_parser(verb, help=text))
         p.add_argument("name", help="node name, e.g. node2")
@@ -114,7 +116,12 @@ def status_rows(lab: Lab) -> list[dict[str, Any]]:
         state = lab.state(node.name)
         row: dict[str, Any] = {"name": node.name, "state": state, "pid": node.pid,
                                "voter": node.voter, "role": None, "term": None, "leader": None,
-                               "commit_index": None, "ready": None, "spool_depth": None}
+                               "commit_index": None, "ready": None, "spool_depth": None,
+                               "power": None}
+        try:
+            row["power"] = "on" if lab.power_state(node.name)["on"] else "off"
+        except LabError:
+            pass
         if state != STOPPED:
             try:
                 st = lab.status(node.name, timeout=0.5 if state == "paused" else 2.0)
@@ -144,7 +151,7 @@ def _status(args: argparse.Namespace) -> int:
 
 def _node_verb(args: argparse.Namespace) -> int:
     lab = Lab.load(args.dir)
-    getattr(lab, args.lab_command)(args.name)
+    getattr(lab, args.lab_command.replace("-", "_"))(args.name)
     node = lab.node(args.name)
     print(f"{args.name}: {lab.state(args.name)}" + (f" (pid {node.pid})" if args.lab_command == "start" else ""))
     return 0
@@ -171,5 +178,5 @@ def _heal(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"up": _up, "down": _down, "status": _status, "crash": _node_verb,
-             "start": _node_verb, "pause": _node_verb, "resume": _node_verb,
-             "partition": _partition, "loss": _loss, "heal": _heal}
+             "kill-host": _node_verb, "start": _node_verb, "pause": _node_verb,
+             "resume": _node_verb, "partition": _partition, "loss": _loss, "heal": _heal}

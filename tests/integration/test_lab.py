@@ -155,6 +155,22 @@ def test_cli_status_and_node_verbs(lab: Lab) -> None:
     assert out.returncode == 1 and "no node 'node9'" in out.stderr
 
 
+def test_kill_host_powers_the_host_and_its_agent_off_and_start_powers_it_on(lab: Lab) -> None:
+    victim = lab.names[-1]
+    before = time.monotonic()
+    out = hagent("lab", "kill-host", "--dir", str(lab.dir), victim)
+    assert out.returncode == 0, out.stderr
+    assert lab.state(victim) == STOPPED
+    power = lab.power_state(victim)
+    assert power["on"] is False and power["reason"] == "lab"
+    assert before <= power["off_at_monotonic"] <= time.monotonic()
+    rows = json.loads(hagent("lab", "status", "--dir", str(lab.dir), "-f", "json").stdout)
+    assert {r["name"]: r["power"] for r in rows}[victim] == "off"
+    lab.start(victim)
+    lab.wait_ready([victim])
+    assert lab.power_state(victim)["on"] is True
+
+
 def test_up_refuses_a_running_lab(lab: Lab) -> None:
     with pytest.raises(LabError, match="already running"):
         Lab.up(lab.dir, nodes=3)
