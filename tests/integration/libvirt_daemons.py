@@ -28,6 +28,8 @@ from pathlib import Path
 
 import libvirt
 
+from hagent.monitors import libvirt_events
+
 LIBVIRTD = "/usr/sbin/libvirtd"
 QEMU = "/usr/bin/qemu-system-x86_64"
 START_TIMEOUT = 20.0
@@ -81,6 +83,7 @@ def _stop_child(proc: subprocess.Popen, grace: float = 5.0) -> None:
 
 
 def _can_connect(uri: str) -> bool:
+    libvirt_events.ensure_running()  # libvirt's errors to the debug log, not stderr
     try:
         libvirt.open(uri).close()
         return True
