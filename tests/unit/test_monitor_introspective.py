@@ -18,8 +18,10 @@ from hagent.config import loads_config
 from hagent.monitors import introspective
 from hagent.monitors.base import MonitorContext, Outbox
 from hagent.monitors.guest_ping import GuestPings, GuestState
+from hagent.monitors.instance import InstanceMonitor
 from hagent.monitors.introspective import (AGENT_CHANNEL, Guest, IntrospectiveMonitor,
                                            has_agent_channel)
+from hagent.monitors.metrics import monitor_metrics
 
 A, B, C, D = (str(uuid.UUID(int=i + 1)) for i in range(4))
 
@@ -284,3 +286,24 @@ def test_build_follows_the_config(tmp_path, enabled):
     assert (monitor.interval, monitor.timeout, monitor.pings.threshold, monitor.concurrency) \
         == (5.0, 1.0, 4, 3)
     assert monitor.source.uri == "test:///default"
+
+
+def test_both_libvirt_monitors_status_is_exported_as_metrics():
+    source = FakeSource(A, B)
+    statuses = {}
+
+    async def test(monitor, submit):
+        await rounds(monitor, 1)
+        statuses["introspective"] = monitor.status()
+
+    run(test, source)
+    statuses["instance"] = InstanceMonitor(
+        "test:///default", Outbox(Recorder(), hostname="h", size=2)).status()
+    families = {f.name: f for f in monitor_metrics(statuses)}
+    guests = {s.labels["state"]: s.value for s in families["hagent_monitor_guests"].samples}
+    assert guests == {"discovery": 0.0, "failing": 0.0, "healthy": 2.0, "reported": 0.0}
+    assert [(s.labels["monitor"], s.value) for s in families["hagent_monitor_pings"].samples
+            if s.name.endswith("_total")] == [("introspective", 2.0)]
+    assert [(s.labels["monitor"], s.value)
+            for s in families["hagent_monitor_connected"].samples] == [("instance", 0.0)]
+    assert "hagent_monitor_disconnected_seconds" in families
