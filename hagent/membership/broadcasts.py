@@ -9,7 +9,7 @@ spreading superseded state is wasted bandwidth. Cost: O(updates taken), never O(
 
 from __future__ import annotations
 
-from .messages import Update, estimate_size
+from .messages import Alive, Update, estimate_size
 
 #: Room left in a message budget below which no further update can fit.
 _MIN_ROOM = 24
@@ -43,9 +43,11 @@ class BroadcastQueue:
         if where is not None:
             del self._buckets[where[0]][where[1]]
 
-    def take(self, budget: int, limit: int) -> tuple[Update, ...]:
+    def take(self, budget: int, limit: int, dest: str | None = None) -> tuple[Update, ...]:
         """Updates fitting in ``budget`` bytes for one message, least-sent first; each taken
-        update counts one transmission and leaves the queue after ``limit`` of them."""
+        update counts one transmission and leaves the queue after ``limit`` of them. An Alive
+        about ``dest`` (the receiver) is not sent: it would waste a transmission telling a
+        member that it lives (a refutation's budget would drain into the refuter)."""
         if not self._where:
             return ()
         picked: list[tuple[int, int, str, Update, int]] = []
@@ -56,6 +58,8 @@ class BroadcastQueue:
                 break
             for uid in reversed(bucket):
                 name, update, size = bucket[uid]
+                if name == dest and type(update) is Alive:
+                    continue
                 if size <= room:
                     picked.append((t, uid, name, update, size))
                     room -= size

@@ -24,7 +24,7 @@ class Suspicion:
     """One member's suspicion: who accused it, who confirmed, and when it expires."""
 
     __slots__ = ("incarnation", "start", "k", "min_timeout", "max_timeout", "accusers",
-                 "confirmations", "deadline")
+                 "confirmations", "deadline", "heard_since")
 
     def __init__(self, source: str, incarnation: int, start: float, k: int,
                  min_timeout: float, max_timeout: float) -> None:
@@ -36,6 +36,8 @@ class Suspicion:
         self.accusers = {source}
         self.confirmations = 0
         self.deadline = start + suspicion_timeout(0, k, min_timeout, self.max_timeout)
+        #: The caller's bookmark: hearing from the suspect after this time defers the verdict.
+        self.heard_since = start
 
     def confirm(self, source: str) -> bool:
         """Count ``source`` as an independent confirmation; True if it was new and counted

@@ -50,7 +50,7 @@ __all__ = ["Membership", "Output"]
 COUNTERS = ("probes_sent", "indirect_probes_sent", "acks_received", "nacks_received",
             "probe_failures", "suspicions_raised", "suspicions_received", "refutations",
             "false_suspicions", "deaths_declared", "messages_in", "messages_out", "push_pulls",
-            "pauses_detected", "misdirected", "address_conflicts")
+            "pauses_detected", "misdirected", "address_conflicts", "verdicts_deferred")
 
 # Timer kinds; the kind is also the tie-break at equal deadlines, so a probe's end is handled
 # before the next probe round starts.
@@ -79,10 +79,12 @@ class _Probe:
 
 class _Relay:
     """An IndirectPing we relay: our own Ping ``seq`` stands for the origin's ``origin_seq``."""
-    __slots__ = ("seq", "origin_address", "origin_seq", "nack")
+    __slots__ = ("seq", "origin", "origin_address", "origin_seq", "nack")
 
-    def __init__(self, seq: int, origin_address: str, origin_seq: int, nack: bool) -> None:
+    def __init__(self, seq: int, origin: str, origin_address: str, origin_seq: int,
+                 nack: bool) -> None:
         self.seq = seq
+        self.origin = origin
         self.origin_address = origin_address
         self.origin_seq = origin_seq
         self.nack = nack
@@ -192,7 +194,7 @@ class Membership:
                 self._counters["misdirected"] += 1
             else:
                 self._send(out, msg.source_address, Ack(self.name, self.address, msg.seq,
-                                                        self._piggyback()))
+                                                        self._piggyback(msg.source)))
         elif t is Ack:
             self._on_ack(msg, now, out)
         elif t is Nack:
@@ -219,15 +221,11 @@ class Membership:
                     self._on_probe_due(obj, now, out)
             elif kind == _T_RELAY:
                 if self._relays.pop(obj.seq, None) is obj and obj.nack:
-                    self._send(out, obj.origin_address, Nack(self.name, self.address,
-                                                             obj.origin_seq, self._piggyback()))
+                    self._send(out, obj.origin_address, Nack(
+                        self.name, self.address, obj.origin_seq, self._piggyback(obj.origin)))
             elif kind == _T_SUSPICION:
                 if self._suspicion_valid(obj, due):
-                    self._counters["deaths_declared"] += 1
-                    log.info("member %s declared dead: suspicion timed out after %.2f s with "
-                             "%d confirmations", obj.name, now - obj.suspicion.start,
-                             obj.suspicion.confirmations)
-                    self._on_dead(Dead(obj.name, obj.incarnation, self.name), now, out)
+                    self._suspicion_expired(obj, now, out)
             elif kind == _T_RECLAIM:
                 if obj.forget_at == due and self._members.get(obj.name) is obj:
                     self._forget(obj)
@@ -335,14 +333,19 @@ class Membership:
         self._probes.clear()
         self._probing.clear()
         self._relays.clear()
-        not_before = now + self._awareness.scale(self.knobs.probe_interval)
+        # Our suspicions measured nothing while we slept, and refutations may have passed us
+        # by: each gets the minimum timeout again from now, and a push-pull fetches the state
+        # we missed.
+        not_before = now + self.knobs.suspicion_min_timeout(len(self._live) + 1)
         for name in sorted(self._suspects):
             m = self._members[name]
             if m.suspicion is not None and m.suspicion.deadline < not_before:
                 m.suspicion.postpone(not_before)
                 self._push(not_before, _T_SUSPICION, m)
         if not self._left:
-            self._refute(self.incarnation, None, out)
+            self._refute(self.incarnation, None, now, out)
+            self._next_push_pull = now
+            self._push(now, _T_PUSH_PULL, None)
 
     # --- timers ---------------------------------------------------------------------------------
 
@@ -402,7 +405,7 @@ class Membership:
         self._push(probe.due, _T_PROBE, probe)
         self._counters["probes_sent"] += 1
         self._send(out, m.address, Ping(self.name, self.address, probe.seq, m.name,
-                                        self._piggyback(self._suspicion_of(m))))
+                                        self._piggyback(m.name, self._suspicion_of(m))))
 
     def _suspicion_of(self, m: Member) -> tuple[Update, ...]:
         """A ping to a suspect carries the suspicion, so a live suspect can refute it."""
@@ -425,7 +428,7 @@ class Membership:
                 self._counters["indirect_probes_sent"] += 1
                 self._send(out, self._members[name].address,
                            IndirectPing(self.name, self.address, probe.seq, m.name, m.address,
-                                        True, self._piggyback()))
+                                        True, self._piggyback(name)))
             return
         del self._probes[probe.seq]
         self._probing.pop(probe.target, None)
@@ -449,17 +452,17 @@ class Membership:
         relay = self._relays.pop(msg.seq, None)
         if relay is not None:
             self._send(out, relay.origin_address, Ack(self.name, self.address, relay.origin_seq,
-                                                      self._piggyback()))
+                                                      self._piggyback(relay.origin)))
 
     def _on_indirect_ping(self, msg: IndirectPing, now: float, out: Output) -> None:
         self._seq += 1
-        relay = _Relay(self._seq, msg.source_address, msg.seq, msg.nack)
+        relay = _Relay(self._seq, msg.source, msg.source_address, msg.seq, msg.nack)
         self._relays[relay.seq] = relay
         self._push(now + self.knobs.probe_timeout, _T_RELAY, relay)
         m = self._members.get(msg.target)
         extra = self._suspicion_of(m) if m is not None else ()
         self._send(out, msg.target_address, Ping(self.name, self.address, relay.seq, msg.target,
-                                                 self._piggyback(extra)))
+                                                 self._piggyback(msg.target, extra)))
 
     # --- state changes ------------------------------------------------------------------------
 
@@ -477,7 +480,7 @@ class Membership:
             if a.incarnation > self.incarnation or (
                     a.incarnation == self.incarnation
                     and (a.address != self.address or a.meta != self.meta)):
-                self._refute(a.incarnation, None, out)
+                self._refute(a.incarnation, None, now, out)
             return
         m = self._members.get(a.name)
         if m is None:
@@ -523,8 +526,12 @@ class Membership:
 
     def _on_suspect(self, s: Suspect, now: float, out: Output) -> None:
         if s.name == self.name:
-            if s.incarnation >= self.incarnation and not self._left:
-                self._refute(s.incarnation, s.source, out)
+            if self._left:
+                return
+            if s.incarnation >= self.incarnation:
+                self._refute(s.incarnation, s.source, now, out)
+            else:
+                self._remind(s.source, out)
             return
         m = self._members.get(s.name)
         if m is None or m.state not in LIVE_STATES or s.incarnation < m.incarnation:
@@ -557,10 +564,35 @@ class Membership:
                 and self._rng.random() * max(n - 2, 1) < k.suspicion_probers):
             self._start_probe(m, now, out)
 
+    def _suspicion_expired(self, m: Member, now: float, out: Output) -> None:
+        s = m.suspicion
+        if (m.last_heard is not None and m.last_heard >= s.heard_since
+                and now < s.start + s.max_timeout):
+            # It spoke to us while suspected: it runs, but may not know it is suspected (its
+            # refutation has not reached us). Probe it (the ping carries the suspicion, so it
+            # refutes straight to us) and give that one probe interval; a member that keeps
+            # talking but never refutes is judged at the maximum timeout.
+            self._counters["verdicts_deferred"] += 1
+            s.heard_since = now
+            s.postpone(min(now + self._awareness.scale(self.knobs.probe_interval),
+                           s.start + s.max_timeout))
+            self._push(s.deadline, _T_SUSPICION, m)
+            if m.name not in self._probing:
+                self._start_probe(m, now, out)
+            return
+        self._counters["deaths_declared"] += 1
+        log.info("member %s declared dead: suspicion timed out after %.2f s with %d "
+                 "confirmations", m.name, now - s.start, s.confirmations)
+        self._on_dead(Dead(m.name, m.incarnation, self.name), now, out)
+
     def _on_dead(self, d: Dead, now: float, out: Output) -> None:
         if d.name == self.name:
-            if d.incarnation >= self.incarnation and not self._left:
-                self._refute(d.incarnation, d.source, out)
+            if self._left:
+                return
+            if d.incarnation >= self.incarnation:
+                self._refute(d.incarnation, d.source, now, out)
+            else:
+                self._remind(d.source, out)
             return
         m = self._members.get(d.name)
         if m is None or m.state not in LIVE_STATES or d.incarnation < m.incarnation:
@@ -587,17 +619,26 @@ class Membership:
         self._dead.discard(m.name)
         self._queue.invalidate(m.name)
 
-    def _refute(self, accused: int, accuser: str | None, out: Output) -> None:
+    def _refute(self, accused: int, accuser: str | None, now: float, out: Output) -> None:
         self.incarnation = max(self.incarnation, accused) + 1
         self._awareness.apply_delta(1)
         self._counters["refutations"] += 1
         out.events.append(MemberRefuted(self.name, self.incarnation))
         alive = self._self_alive()
         self._queue.queue(alive)
+        self._next_gossip = min(self._next_gossip, now)   # spread it now, not next round
         m = self._members.get(accuser) if accuser is not None else None
         if m is not None and m.state in LIVE_STATES:
             # The accuser holds the earliest timer: tell it first, not only by epidemic.
-            self._send(out, m.address, Gossip(self.name, self.address, self._piggyback()))
+            self._send(out, m.address, Gossip(self.name, self.address, self._piggyback(m.name)))
+
+    def _remind(self, accuser: str, out: Output) -> None:
+        """An accusation about an older incarnation of us: the accuser missed our refutation
+        (it was stalled, or the refutation ran out of retransmissions before reaching it).
+        Tell it directly; otherwise its timer would declare us dead."""
+        m = self._members.get(accuser)
+        if m is not None and m.state in LIVE_STATES:
+            self._send(out, m.address, Gossip(self.name, self.address, (self._self_alive(),)))
 
     def _self_alive(self) -> Alive:
         return Alive(self.name, self.incarnation, self.address, dict(self.meta))
@@ -608,17 +649,18 @@ class Membership:
         self._counters["messages_out"] += 1
         out.messages.append((address, msg))
 
-    def _piggyback(self, extra: tuple[Update, ...] = ()) -> tuple[Update, ...]:
+    def _piggyback(self, dest: str, extra: tuple[Update, ...] = ()) -> tuple[Update, ...]:
+        """Queued updates for one message to member ``dest``, after ``extra``."""
         budget = self.knobs.max_piggyback_bytes
         for u in extra:
             budget -= estimate_size(u)
-        taken = self._queue.take(budget, self.knobs.retransmit_limit(len(self._live) + 1))
+        taken = self._queue.take(budget, self.knobs.retransmit_limit(len(self._live) + 1), dest)
         return extra + taken if extra else taken
 
     def _gossip_round(self, now: float, out: Output) -> None:
         self._next_gossip = now + self.knobs.gossip_interval
         for name in self._sample(self.knobs.gossip_nodes, (), alive_only=False):
-            updates = self._piggyback()
+            updates = self._piggyback(name)
             if not updates:
                 break
             self._send(out, self._members[name].address, Gossip(self.name, self.address, updates))
