@@ -80,7 +80,7 @@ class InstanceMonitor:
         self._close_reason: str | None = None
         self._busy = threading.Condition()   # guards _in_callback
         self._in_callback = 0
-        self._stopping = False
+        self._connecting: asyncio.Future | None = None  # an attempt in a worker thread
         # Gap bookkeeping (event loop only): monotonic and wall-clock start of the current gap.
         self._down_since: float | None = None
         self._down_since_wall: float | None = None
@@ -101,7 +101,6 @@ class InstanceMonitor:
         """Start the outbox and connect; if libvirtd is not there yet, keep trying in the
         background (the gap is reported) rather than fail the agent's start."""
         self._loop = asyncio.get_running_loop()
-        self._stopping = False
         libvirt_events.ensure_running()
         await self.outbox.start()
         started, started_wall = time.monotonic(), time.time()
@@ -114,11 +113,11 @@ class InstanceMonitor:
     async def stop(self) -> None:
         """Stop receiving events, wait for a callback still queueing one, close the
         connection and hand everything queued to the spool."""
-        self._stopping = True
         if self._keeper is not None:
             self._keeper.cancel()
             await asyncio.gather(self._keeper, return_exceptions=True)
             self._keeper = None
+        await self._abandon_attempt()
         await self._disconnect()
         if not await asyncio.to_thread(self._wait_callbacks_idle, STOP_CALLBACK_WAIT):
             log.warning("instance monitor: a libvirt callback is still queueing an event "
@@ -168,9 +167,13 @@ class InstanceMonitor:
         self._generation += 1
         self._closed = asyncio.Event()
         self._close_reason = None
+        self._connecting = asyncio.get_running_loop().run_in_executor(
+            None, self._connect, self._generation)
         try:
-            conn, ids = await asyncio.to_thread(self._connect, self._generation)
+            # Shielded: if stop() cancels the keeper now, the attempt is still closed.
+            conn, ids = await asyncio.shield(self._connecting)
         except libvirt.libvirtError as exc:
+            self._connecting = None
             self.connect_failures += 1
             self._attempts += 1
             (log.warning if self._attempts == 1 else log.debug)(
@@ -178,6 +181,7 @@ class InstanceMonitor:
                 "retrying with backoff up to %g s)", self.uri, exc, self._attempts,
                 self.reconnect_max)
             return False
+        self._connecting = None
         self._conn, self._callback_ids = conn, ids
         if self._down_since is None:  # the first attempt at start
             log.info("instance monitor: watching domain events on %s", self.uri)
@@ -210,6 +214,20 @@ class InstanceMonitor:
             self._close_quietly(conn, ids)
             raise
         return conn, ids
+
+    async def _abandon_attempt(self) -> None:
+        """At stop: close what a connection attempt still under way opens (it may hang
+        while libvirtd does not answer; its thread is then left behind)."""
+        attempt, self._connecting = self._connecting, None
+        if attempt is None:
+            return
+        done, _ = await asyncio.wait({attempt}, timeout=STOP_CALLBACK_WAIT)
+        if not done:
+            log.warning("instance monitor: a connection attempt to %s has not returned at "
+                        "stop; leaving it", self.uri)
+            return
+        if not attempt.cancelled() and attempt.exception() is None:
+            await asyncio.to_thread(self._close_quietly, *attempt.result())
 
     async def _wait_closed(self) -> str:
         """Wait until the close callback fires or the connection is found dead."""

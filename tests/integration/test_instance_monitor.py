@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import textwrap
 import time
 import uuid
@@ -21,6 +23,7 @@ import libvirt
 import pytest
 
 from hagent.config import loads_config
+from hagent.monitors import instance
 from hagent.monitors.base import Outbox
 from hagent.monitors.instance import InstanceMonitor
 from hagent.monitors.runner import Monitors
@@ -246,6 +249,41 @@ def test_a_monitor_started_before_libvirtd_connects_once_it_runs(libvirtd):
     assert vm_notifications(node) == [(dom_uuid, "LIFECYCLE", "STOPPED_DESTROYED", "new")]
     assert status["reconnects"] == 1 and status["disconnects"] == 0
     assert status["disconnected_seconds"] > 0
+
+
+@pytest.mark.xdist_group("lab")
+def test_a_hung_libvirtd_is_noticed_by_keepalive_and_reconnected(libvirtd, caplog,
+                                                                 monkeypatch):
+    # Keepalive every 1 s, dead after 1 unanswered probe: the same path as the shipped
+    # 5 s x 3, in a few seconds.
+    monkeypatch.setattr(instance, "KEEPALIVE_INTERVAL", 1)
+    monkeypatch.setattr(instance, "KEEPALIVE_COUNT", 1)
+    node = registered_node()
+    caplog.set_level(logging.INFO, logger="hagent.monitors.instance")
+
+    async def main():
+        libvirtd.start()
+        monitor = monitor_for(libvirtd.uri, node.submit_notification)
+        await monitor.start()
+        try:
+            await asyncio.to_thread(destroy_one, libvirtd.uri)
+            await until(lambda: answered(monitor) == 1, "the first destroy reported")
+            os.kill(libvirtd.proc.pid, signal.SIGSTOP)
+            try:
+                await until(lambda: not monitor.status()["connected"], "keepalive timeout")
+            finally:
+                os.kill(libvirtd.proc.pid, signal.SIGCONT)
+            await until(lambda: monitor.status()["connected"], "reconnected")
+            await asyncio.to_thread(destroy_one, libvirtd.uri)
+            await until(lambda: answered(monitor) == 2, "the destroy after the pause")
+            return monitor.status()
+        finally:
+            await monitor.stop()
+
+    status = asyncio.run(main())
+    assert [n[2] for n in vm_notifications(node)] == ["STOPPED_DESTROYED"] * 2
+    assert status["disconnects"] == 1 and status["reconnects"] == 1
+    assert any("lost (keepalive timeout" in r.getMessage() for r in caplog.records)
 
 
 def test_reconnection_attempts_back_off_up_to_the_maximum():

@@ -10,8 +10,9 @@ read-only connection, must turn:
   Masakari's engine recovers an instance for (often preceded by ``CONTROL_ERROR`` /
   ``UNKNOWN``: libvirt lost its QEMU monitor socket);
 
-and both must be committed by the (in-process) state machine. Needs the Debian packages
-libvirt-daemon, libvirt-daemon-driver-qemu and qemu-system-x86; about 5 s.
+and both must be committed by the (in-process) state machine. A second test sends the
+introspective monitor's ``guest-ping`` to a real guest without an agent. Needs the Debian
+packages libvirt-daemon, libvirt-daemon-driver-qemu and qemu-system-x86; about 8 s.
 """
 from __future__ import annotations
 
@@ -24,16 +25,20 @@ import uuid
 import libvirt
 import pytest
 
+from hagent.monitors.introspective import AGENT_CHANNEL, LibvirtGuests
 from tests.integration.libvirt_daemons import SessionQemuLibvirtd
 from tests.integration.test_instance_monitor import (answered, monitor_for, registered_node,
                                                      until, vm_notifications)
 
 
-def guest_xml(name: str, dom_uuid: str) -> str:
+def guest_xml(name: str, dom_uuid: str, agent: bool = False) -> str:
+    channel = (f"<channel type='unix'><target type='virtio' name='{AGENT_CHANNEL}'/>"
+               "</channel>") if agent else ""
     return (f"<domain type='qemu'><name>{name}</name><uuid>{dom_uuid}</uuid>"
             "<memory unit='MiB'>32</memory>"
             "<os><type arch='x86_64' machine='pc'>hvm</type></os>"
-            "<devices><emulator>/usr/bin/qemu-system-x86_64</emulator></devices></domain>")
+            "<devices><emulator>/usr/bin/qemu-system-x86_64</emulator>"
+            f"{channel}</devices></domain>")
 
 
 @pytest.fixture
@@ -93,3 +98,28 @@ def test_kill_9_of_qemu_is_reported_stopped_failed_and_committed(qemu_libvirtd):
     assert set(after_kill[:-1]) <= {(dom_uuid, "CONTROL_ERROR", "UNKNOWN", "new")}
     assert status["notifications_failed"] == 0 and status["disconnects"] == 0
     print(f"kill -9 -> STOPPED_FAILED committed in {took:.2f} s")
+
+
+@pytest.mark.xdist_group("lab")
+def test_the_guest_agent_ping_reaches_qemu_and_fails_without_an_agent(qemu_libvirtd):
+    """The introspective monitor's libvirt path on real QEMU: the guest with a channel is
+    found, ``guest-ping`` goes through qemuAgentCommand on a read-write connection and,
+    with no agent inside the guest, fails within the timeout (a failed ping, not a hang)."""
+    conn = libvirt.open(qemu_libvirtd.uri)
+    source = LibvirtGuests(qemu_libvirtd.uri)
+    try:
+        with_agent = conn.createXML(guest_xml(f"ha-{uuid.uuid4().hex[:8]}",
+                                              str(uuid.uuid4()), agent=True), 0)
+        without = conn.createXML(guest_xml(f"hn-{uuid.uuid4().hex[:8]}", str(uuid.uuid4())), 0)
+        guests = source.guests()
+        assert [(g.uuid, g.generation) for g in guests] == [
+            (with_agent.UUIDString(), with_agent.ID())]
+        started = time.monotonic()
+        with pytest.raises(libvirt.libvirtError, match="[Gg]uest agent"):
+            source.ping(guests[0], 1.0)
+        assert time.monotonic() - started < 5.0
+        without.destroy()
+        with_agent.destroy()
+    finally:
+        source.close()
+        conn.close()
