@@ -8,10 +8,16 @@ seconds; each operation makes exactly one lifecycle event: STARTED_BOOTED (filte
 Masakari's table) or STOPPED_DESTROYED (reported), half each.
 
 The monitor runs in this process as in an agent: ``InstanceMonitor`` -> ``Outbox``
-(instance_queue_size, 10,000) -> the real ``Submitter`` and ``Spool`` (fsync, group
-commit) -> a propose that applies the command to an in-process ``ClusterState`` (commits
-at once: the figures are the monitor's and the spool's, not Raft's; see submit_path for
-the log). Logging is at INFO into a file, as an agent logs every VM notification.
+(instance_queue_size, 10,000) -> then, in two runs:
+
+1. the real ``Submitter`` and ``Spool`` (fsync, group commit) with a propose that applies
+   the command to an in-process ``ClusterState`` (commits at once: the figures are the
+   monitor's and the spool's);
+2. (``doc["lab"]``, not with ``--quick``) a real 3-voter lab: each notification goes to a
+   follower agent's admin socket (``notification.create``: its spool, then Raft), the
+   agent whose host the notifications name.
+
+Logging is at INFO into a file, as an agent logs every VM notification.
 
 Reported:
 
@@ -27,10 +33,11 @@ Reported:
 
 Goals: nothing unaccounted; p99 event -> committed <= 1 s.
 
-Run: python -m benchmarks.monitor_storm [--quick] [--rate N] [--duration S]
+Run: python -m benchmarks.monitor_storm [--quick] [--rate N] [--duration S] [--[no-]lab]
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import datetime as dt
 import json
@@ -161,23 +168,92 @@ def _epoch(iso: str) -> float:
     return dt.datetime.fromisoformat(iso).timestamp()
 
 
-async def _storm(rate: float, duration: float, work: Path) -> dict[str, Any]:
+class InProcessLog:
+    """The real Submitter and Spool, proposing into an in-process ClusterState (commits at
+    once): the figures are the monitor's and the spool's."""
+
+    label = "in-process: real Submitter + Spool, propose applies to a ClusterState at once"
+
+    def __init__(self, work: Path) -> None:
+        self.hostname = HOST
+        self.spool = Spool(work / "spool")
+        self.state = _cluster()
+        self.submitter = Submitter(self._propose, self.spool, HOST, propose_timeout=None)
+
+    async def _propose(self, command: dict[str, Any]) -> dict[str, Any]:
+        return self.state.apply({"at": time.time(), **command})
+
+    async def start(self) -> None:
+        await self.submitter.start()
+        self._fsyncs0 = self.spool.fsyncs
+
+    async def submit(self, fields: dict[str, Any]) -> dict[str, Any]:
+        return await self.submitter.submit(fields)
+
+    def processes(self) -> dict[str, psutil.Process]:
+        return {}
+
+    def stats(self) -> dict[str, Any]:
+        return {"spool_depth_at_end": self.spool.depth,
+                "spool_fsyncs": self.spool.fsyncs - self._fsyncs0}
+
+    async def stop(self) -> None:
+        await self.submitter.stop()
+
+
+class LabLog:
+    """A real 3-voter lab: notifications go through one follower's admin socket
+    (``notification.create``: its spool, then Raft on three agents), as the monitor inside
+    that agent would submit them; the follower is the compute host they name."""
+
+    label = "3-voter lab: a follower's spool and Raft (admin notification.create)"
+    CONNECTIONS = 64
+
+    def __init__(self, work: Path) -> None:
+        self._lab_cm = common.lab(3, 3)
+
+    async def start(self) -> None:
+        self.lab = await asyncio.to_thread(self._lab_cm.__enter__)
+        leader = await asyncio.to_thread(self.lab.leader)
+        node = next(n for n in self.lab.nodes if n.name != leader)
+        self.hostname = node.name
+        self._free: asyncio.Queue[common.AdminConn] = asyncio.Queue()
+        for conn in await common.open_many(node.admin_socket, self.CONNECTIONS):
+            self._free.put_nowait(conn)
+
+    async def submit(self, fields: dict[str, Any]) -> dict[str, Any]:
+        conn = await self._free.get()
+        try:
+            reply = await conn.call("notification.create", fields)
+        finally:
+            self._free.put_nowait(conn)
+        if not reply.get("ok"):
+            return {"ok": False, "error": reply.get("error")}
+        result = reply["result"]
+        return {"ok": True, "committed": result["committed"], "result": result["notification"]}
+
+    def processes(self) -> dict[str, psutil.Process]:
+        return {f"agent {name}": p for name, p in common.agent_processes(self.lab).items()}
+
+    def stats(self) -> dict[str, Any]:
+        return {"submitted_via": self.hostname}
+
+    async def stop(self) -> None:
+        while not self._free.empty():
+            await self._free.get_nowait().close()
+        await asyncio.to_thread(self._lab_cm.__exit__, None, None, None)
+
+
+async def _storm(rate: float, duration: float, work: Path, use_lab: bool) -> dict[str, Any]:
     libvirtd = TestDriverLibvirtd()
-    spool = Spool(work / "spool")
-    state = _cluster()
+    log = LabLog(work) if use_lab else InProcessLog(work)
     committed_at: dict[str, float] = {}
     statuses: dict[str, int] = defaultdict(int)
-
-    async def propose(command: dict[str, Any]) -> dict[str, Any]:
-        return state.apply({"at": time.time(), **command})
-
-    submitter = Submitter(propose, spool, HOST, propose_timeout=None)
-
     sent: list[dict[str, Any]] = []
 
     async def submit(fields: dict[str, Any]) -> dict[str, Any]:
         sent.append(fields)
-        answer = await submitter.submit(fields)
+        answer = await log.submit(fields)
         if answer.get("committed"):
             committed_at[fields["notification_uuid"]] = time.time()
             statuses[answer["result"]["status"]] += 1
@@ -189,15 +265,15 @@ async def _storm(rate: float, duration: float, work: Path) -> dict[str, Any]:
     hagent_log.addHandler(log_handler)
     old_level = hagent_log.level
     hagent_log.setLevel(logging.INFO)
-    outbox = Outbox(submit, hostname=HOST, size=QUEUE_SIZE, name="instance")
-    monitor = InstanceMonitor(libvirtd.uri, outbox)
     ctx = multiprocessing.get_context("spawn")
     ready, go = ctx.Event(), ctx.Event()
     ops_file = work / "ops.json"
-    generator = None
+    generator = monitor = None
     try:
+        await log.start()
         libvirtd.start()
-        await submitter.start()
+        outbox = Outbox(submit, hostname=log.hostname, size=QUEUE_SIZE, name="instance")
+        monitor = InstanceMonitor(libvirtd.uri, outbox)
         generator = ctx.Process(target=_generate, name="storm-generator",
                                 args=(libvirtd.uri, rate, duration, str(ops_file), ready, go))
         generator.start()
@@ -209,8 +285,7 @@ async def _storm(rate: float, duration: float, work: Path) -> dict[str, Any]:
         base = {k: getattr(monitor, k) for k in ("events_seen", "events_filtered",
                                                  "events_reported")}
         procs = {"monitor_process": psutil.Process(),
-                 "libvirtd": psutil.Process(libvirtd.proc.pid)}
-        fsyncs0 = spool.fsyncs
+                 "libvirtd": psutil.Process(libvirtd.proc.pid), **log.processes()}
         with Sampler(procs) as sampler:
             go.set()
             await asyncio.to_thread(generator.join, duration * 5 + 60)
@@ -221,11 +296,13 @@ async def _storm(rate: float, duration: float, work: Path) -> dict[str, Any]:
                    or outbox.depth or outbox.in_flight) and time.monotonic() < drained_by:
                 await asyncio.sleep(0.05)
         status = monitor.status()
+        log_stats = log.stats()
     finally:
         if generator is not None and generator.is_alive():
             generator.kill()
-        await monitor.stop()
-        await submitter.stop()
+        if monitor is not None:
+            await monitor.stop()
+        await log.stop()
         libvirtd.cleanup()
         hagent_log.removeHandler(log_handler)
         hagent_log.setLevel(old_level)
@@ -256,6 +333,7 @@ async def _storm(rate: float, duration: float, work: Path) -> dict[str, Any]:
     p_event = common.percentiles(event_to_commit, 1000)
     return {
         "source": "libvirt test driver in a real libvirtd (private socket); generator process",
+        "log": log.label,
         "rate_target": rate, "duration_target_s": duration,
         "generator": {"ops": len(ops), "starts": starts, "destroys": len(destroys),
                       "took_s": round(ops_doc["took_s"], 2),
@@ -266,8 +344,7 @@ async def _storm(rate: float, duration: float, work: Path) -> dict[str, Any]:
                     "unaccounted": unaccounted, "lost": status["events_lost"],
                     "queue_max_depth": status["queue_max_depth"],
                     "queue_full_waits": status["queue_full_waits"],
-                    "spool_depth_at_end": spool.depth, "spool_fsyncs": spool.fsyncs - fsyncs0,
-                    "disconnects": status["disconnects"]},
+                    "disconnects": status["disconnects"], **log_stats},
         "latency_event_to_committed_ms": p_event,
         "latency_callback_to_committed_ms": common.percentiles(seen_to_commit, 1000),
         "cpu_percent_of_one_core": {
@@ -290,40 +367,56 @@ async def _until(predicate, timeout: float) -> None:
         await asyncio.sleep(0.05)
 
 
-def run(quick: bool = False, *, rate: float = 1000.0, duration: float | None = None
-        ) -> dict[str, Any]:
+def run(quick: bool = False, *, rate: float = 1000.0, duration: float | None = None,
+        lab: bool | None = None) -> dict[str, Any]:
+    """The in-process storm, then (unless ``quick``, or ``lab`` says otherwise) the same
+    storm into a 3-voter lab (``doc["lab"]``)."""
     duration = duration if duration is not None else (3.0 if quick else 10.0)
-    work = Path(tempfile.mkdtemp(prefix="hb-storm-"))
-    try:
-        doc = asyncio.run(_storm(rate, duration, work))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    lab = (not quick) if lab is None else lab
+    doc = _run_one(rate, duration, use_lab=False)
+    if lab:
+        doc["lab"] = _run_one(rate, duration, use_lab=True)
     doc["quick"] = quick
     doc["background"] = common.background()
     return doc
 
 
+def _run_one(rate: float, duration: float, use_lab: bool) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="hb-storm-"))
+    try:
+        return asyncio.run(_storm(rate, duration, work, use_lab))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def summary(doc: dict[str, Any]) -> list[tuple[str, Any, dict | None]]:
-    g = doc["goals"]
-    m = doc["monitor"]
-    return [
-        (f"events at {doc['generator']['rate_achieved']:.0f}/s: seen / filtered / committed",
-         f"{m['events_seen']} / {m['filtered']} / {m['committed']}", None),
-        ("unaccounted events", g["unaccounted_events"]["value"], g["unaccounted_events"]),
-        ("p99 event -> committed (ms)", g["p99_event_to_committed"]["value"],
-         g["p99_event_to_committed"]),
-        ("monitor process CPU % / RSS MB",
-         f"{doc['cpu_percent_of_one_core']['monitor_process']} / "
-         f"{doc['rss_max_mb']['monitor_process']}", None),
-    ]
+    rows = []
+    for tag, d in (("", doc), ("lab: ", doc.get("lab"))):
+        if d is None:
+            continue
+        g, m = d["goals"], d["monitor"]
+        rows += [
+            (f"{tag}events at {d['generator']['rate_achieved']:.0f}/s: seen / filtered / "
+             "committed", f"{m['events_seen']} / {m['filtered']} / {m['committed']}", None),
+            (f"{tag}unaccounted events", g["unaccounted_events"]["value"],
+             g["unaccounted_events"]),
+            (f"{tag}p99 event -> committed (ms)", g["p99_event_to_committed"]["value"],
+             g["p99_event_to_committed"]),
+            (f"{tag}monitor process CPU % / RSS MB",
+             f"{d['cpu_percent_of_one_core']['monitor_process']} / "
+             f"{d['rss_max_mb']['monitor_process']}", None),
+        ]
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = common.arg_parser(__doc__)
     ap.add_argument("--rate", type=float, default=1000.0, help="lifecycle events per second")
     ap.add_argument("--duration", type=float, help="seconds of storm (10; 3 with --quick)")
+    ap.add_argument("--lab", action=argparse.BooleanOptionalAction, default=None,
+                    help="also storm a 3-voter lab (default: yes, except with --quick)")
     args = ap.parse_args(argv)
-    doc = run(args.quick, rate=args.rate, duration=args.duration)
+    doc = run(args.quick, rate=args.rate, duration=args.duration, lab=args.lab)
     print(json.dumps(doc, indent=1))
     common.report(NAME, doc, write=not args.no_save)
     return 0
