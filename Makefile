@@ -6,8 +6,10 @@ STAMP := $(VENV)/.installed
 DEBS := python3-venv python3-dev gcc
 # What the tests use for real: network namespaces and nftables (partitions, loss), libvirt
 # (libvirt-python builds against libvirt-dev; libvirtd with the test driver), ipmitool
-# (IPMI fencing against virtualbmc), corosync (the detection benchmark's baseline).
-SYSDEBS := iproute2 nftables libvirt-dev libvirt-daemon pkg-config ipmitool corosync
+# (IPMI fencing against virtualbmc), corosync (the detection benchmark's baseline), QEMU and
+# libvirt's QEMU driver (the instance monitor against a real guest under TCG).
+SYSDEBS := iproute2 nftables libvirt-dev libvirt-daemon pkg-config ipmitool corosync \
+	qemu-system-x86 libvirt-daemon-driver-qemu
 
 .PHONY: demo test bench deps clean
 
@@ -17,7 +19,8 @@ $(STAMP): pyproject.toml
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3 $(DEBS); fi
 	@if ! command -v nft >/dev/null 2>&1 || ! command -v ipmitool >/dev/null 2>&1 \
 			|| ! command -v corosync >/dev/null 2>&1 || ! command -v libvirtd >/dev/null 2>&1 \
-			|| ! pkg-config --exists libvirt 2>/dev/null || ! command -v ip >/dev/null 2>&1; then \
+			|| ! pkg-config --exists libvirt 2>/dev/null || ! command -v ip >/dev/null 2>&1 \
+			|| ! command -v qemu-system-x86_64 >/dev/null 2>&1; then \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(SYSDEBS); fi
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "hagent needs Python >= 3.11")'
 	$(PYTHON) -m venv $(VENV)

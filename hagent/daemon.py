@@ -160,6 +160,8 @@ class Agent:
         status["spool_depth"] = self.submitter.pending_count()
         status["lease"] = self.leases.lease_status()
         status["monitors"] = self.monitors.status()
+        if self.detection is not None:
+            status["detection"] = dict(self.detection.counters)
         if self.membership is not None:
             snap = self.membership.snapshot()
             status["members"] = [{"name": m["name"], "state": m["state"],

@@ -31,6 +31,8 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from hagent.monitors.metrics import monitor_metrics
+
 log = logging.getLogger(__name__)
 
 PREFIX = "hagent"
@@ -107,6 +109,44 @@ class StatusCollector(Collector):
             yield CounterMetricFamily(f"{PREFIX}_notification_submissions",
                                       "Notifications this node has submitted to the log",
                                       value=float(st[SUBMISSIONS_KEY]))
+        yield from _lease_metrics(st.get("lease") or {})
+        detection = st.get("detection") or {}
+        for key, doc in DETECTION_COUNTERS.items():
+            if key in detection:
+                yield CounterMetricFamily(f"{PREFIX}_detection_{key}", doc,
+                                          value=float(detection[key]))
+        yield from monitor_metrics(st.get("monitors") or {})
+
+
+#: The leader's detection counters (hagent.detection.service) shown in /metrics.
+DETECTION_COUNTERS = {
+    "proposals": "host.down/fenced/up proposals this node made as leader",
+    "proposal_failures": "Of those, proposals the log did not commit (retried)",
+    "fence_calls": "Fence driver (IPMI/Redfish) power-off calls this node made as leader",
+    "fence_failures": "Of those, calls that did not confirm power-off",
+}
+
+
+def _lease_metrics(lease: dict[str, Any]) -> Iterator[Metric]:
+    """This node's own lease, and on the leader every host's time to fenced."""
+    if "deadline_in" in lease:
+        yield GaugeMetricFamily(f"{PREFIX}_lease_self_fence_in_seconds",
+                                "Seconds until this node's watchdog fires unless a renewal commits",
+                                value=float(lease["deadline_in"]))
+    if lease.get("seq") is not None:
+        yield GaugeMetricFamily(f"{PREFIX}_lease_committed_seq",
+                                "Sequence number of this node's latest committed lease renewal",
+                                value=float(lease["seq"]))
+    yield GaugeMetricFamily(f"{PREFIX}_lease_self_fenced", "1 once this node fenced itself",
+                            value=1.0 if lease.get("self_fenced") else 0.0)
+    hosts = (lease.get("leader") or {}).get("hosts") or {}
+    if hosts:
+        g = GaugeMetricFamily(f"{PREFIX}_lease_expires_in_seconds",
+                              "Leader only: seconds until each host counts as fenced by its lease "
+                              "(<= 0: it does)", labels=["host"])
+        for host, row in sorted(hosts.items()):
+            g.add_metric([host], float(row["expires_in"]))
+        yield g
 
 
 class AgentMetrics:

@@ -75,3 +75,28 @@ def test_scrape_survives_a_failing_status(monkeypatch):
     s = scrape(node)
     assert s[("hagent_status_up", ())] == 0
     assert ("hagent_raft_term", ()) not in s
+
+
+def test_lease_detection_and_monitor_figures_are_exposed():
+    node = FakeNode()
+    register_agent_metrics(node)
+    status = node.status
+
+    def with_figures():
+        st = status()
+        st["lease"] = {"deadline_in": 7.5, "seq": 12, "self_fenced": False,
+                       "leader": {"leader_for": 30.0, "hosts": {"c2": {"seq": 4, "expires_in": -1.5}}}}
+        st["detection"] = {"proposals": 3, "proposal_failures": 1, "fence_calls": 2,
+                           "fence_failures": 0}
+        st["monitors"] = {"process": {"events_seen": 5}}
+        return st
+
+    node.status = with_figures
+    samples = scrape(node)
+    assert samples[("hagent_lease_self_fence_in_seconds", ())] == 7.5
+    assert samples[("hagent_lease_committed_seq", ())] == 12
+    assert samples[("hagent_lease_self_fenced", ())] == 0
+    assert samples[("hagent_lease_expires_in_seconds", (("host", "c2"),))] == -1.5
+    assert samples[("hagent_detection_fence_calls_total", ())] == 2
+    assert samples[("hagent_detection_proposal_failures_total", ())] == 1
+    assert any(name.startswith("hagent_monitor_") for name, _ in samples)
