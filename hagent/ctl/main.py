@@ -41,7 +41,8 @@ INCIDENT_SHOW = ("hostname", "status", "host_uuid", "notification_uuid", "notifi
                  "fenced_at", "closed_at", "up_notification_uuid")
 MEMBERS = ("name", "raft_address", "voter", "reachable")
 STATUS = ("node", "role", "voter", "leader", "term", "commit_index", "applied_index", "log_size",
-          "ready", "voters", "notifications", "membership", "members")
+          "ready", "voters", "notifications", "membership", "members", "lease", "detection",
+          "monitors")
 
 RECOVERY_METHODS = ("auto", "reserved_host", "auto_priority", "rh_priority")
 NOTIFICATION_TYPES = ("COMPUTE_HOST", "PROCESS", "VM")
@@ -286,6 +287,17 @@ def _fields(value: dict[str, Any]) -> str:
     if isinstance(value.get("members"), list):
         value["members"] = [f"{m.get('name')} {m.get('state')} (incarnation {m.get('incarnation')})"
                             if isinstance(m, dict) else m for m in value["members"]]
+    if isinstance(value.get("lease"), dict):
+        lease = value["lease"]
+        line = (f"seq {lease.get('seq')}, self-fence in {lease.get('deadline_in')} s, watchdog "
+                f"{(lease.get('watchdog') or {}).get('detail')}")
+        value["lease"] = line + (" (SELF-FENCED)" if lease.get("self_fenced") else "")
+    if isinstance(value.get("monitors"), dict):
+        value["monitors"] = [
+            f"{name}: {st.get('events_seen', 0)} events, {st.get('notifications_sent', 0)} sent, "
+            f"{st.get('notifications_failed', 0)} failed, queue {st.get('queue_depth', 0)}"
+            + (f", {st['restarts']} restarts" if "restarts" in st else "")
+            for name, st in sorted(value["monitors"].items()) if isinstance(st, dict)]
     return render.show_table(value, STATUS)
 
 

@@ -73,6 +73,34 @@ def test_status_table(ctl):
     assert "127.0.0.1:7103 (unreachable)" in out
 
 
+def test_status_table_shows_lease_and_monitors(ctl, node):
+    plain = node.status
+
+    def status():
+        st = plain()
+        st["lease"] = {"seq": 9, "deadline_in": 8.2, "self_fenced": False,
+                       "watchdog": {"detail": "lab power switch"}}
+        st["monitors"] = {"process": {"events_seen": 4, "notifications_sent": 1,
+                                      "notifications_failed": 0, "queue_depth": 0, "restarts": 2}}
+        return st
+
+    node.status = status
+    code, out, _ = ctl("status")
+    assert code == 0
+    assert "seq 9, self-fence in 8.2 s, watchdog lab power switch" in out
+    assert "process: 4 events, 1 sent, 0 failed, queue 0, 2 restarts" in out
+
+
+def test_incident_verbs(ctl):
+    code, out, _ = ctl("incident", "list", "--status", "open")
+    assert code == 0 and table_rows(out) == []
+    code, _, err = ctl("incident", "show", "cn9")
+    assert code == 1 and "cn9" in err
+    with pytest.raises(SystemExit) as exc:
+        ctl("incident", "list", "--status", "all")
+    assert exc.value.code == 2
+
+
 def test_members_and_raft(ctl):
     code, out, _ = ctl("members")
     assert code == 0 and [r[0] for r in table_rows(out)] == ["node-1", "node-2", "node-3"]
