@@ -21,13 +21,21 @@ def suspicion_timeout(confirmations: int, k: int, min_timeout: float, max_timeou
 
 
 class Suspicion:
-    """One member's suspicion: who accused it, who confirmed, and when it expires."""
+    """One member's suspicion: who accused it, who confirmed, and when it expires.
+
+    Only a *witness* (a member whose own probe of the suspect failed) runs the Lifeguard
+    timer. A member that merely heard the accusation waits the maximum timeout, as a backstop:
+    the witnesses' verdict reaches it by gossip long before. This keeps the safety of short
+    timeouts local: the few witnesses probed the suspect, so when a paused suspect resumes
+    it answers their queued probes at once and they hear from it (see swim.py), while the
+    refutation may need a few gossip rounds to reach everyone else.
+    """
 
     __slots__ = ("incarnation", "start", "k", "min_timeout", "max_timeout", "accusers",
-                 "confirmations", "deadline", "heard_since")
+                 "confirmations", "witnessed", "not_before", "deadline", "heard_since")
 
     def __init__(self, source: str, incarnation: int, start: float, k: int,
-                 min_timeout: float, max_timeout: float) -> None:
+                 min_timeout: float, max_timeout: float, witnessed: bool) -> None:
         self.incarnation = incarnation
         self.start = start
         self.k = k
@@ -35,9 +43,12 @@ class Suspicion:
         self.max_timeout = max(max_timeout, min_timeout)
         self.accusers = {source}
         self.confirmations = 0
-        self.deadline = start + suspicion_timeout(0, k, min_timeout, self.max_timeout)
+        self.witnessed = witnessed
+        self.not_before = start
+        self.deadline = start
         #: The caller's bookmark: hearing from the suspect after this time defers the verdict.
         self.heard_since = start
+        self._update()
 
     def confirm(self, source: str) -> bool:
         """Count ``source`` as an independent confirmation; True if it was new and counted
@@ -47,11 +58,24 @@ class Suspicion:
             return False
         self.accusers.add(source)
         self.confirmations += 1
-        self.deadline = self.start + suspicion_timeout(self.confirmations, self.k,
-                                                       self.min_timeout, self.max_timeout)
+        self._update()
         return True
 
+    def witness(self) -> None:
+        """Our own probe failed too: from now on the Lifeguard timeout applies to us."""
+        self.witnessed = True
+        self._update()
+
     def postpone(self, not_before: float) -> None:
-        """Move the deadline to at least ``not_before`` (this member was itself stalled)."""
-        if self.deadline < not_before:
-            self.deadline = not_before
+        """Never expire before ``not_before`` (this member was stalled, or heard from the
+        suspect)."""
+        self.not_before = max(self.not_before, not_before)
+        self._update()
+
+    def _update(self) -> None:
+        if self.witnessed:
+            timeout = suspicion_timeout(self.confirmations, self.k, self.min_timeout,
+                                        self.max_timeout)
+        else:
+            timeout = self.max_timeout
+        self.deadline = max(self.start + timeout, self.not_before)

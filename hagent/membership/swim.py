@@ -5,8 +5,8 @@ to send and events. No sockets, no threads, no clock reads; randomness only from
 Mechanisms (docs/membership.md explains each and its numbers):
 - probe rounds: every probe_interval one member, taken from a shuffled round robin, gets a
   Ping; without an Ack by probe_timeout, ``indirect_checks`` peers are asked to try
-  (IndirectPing) and answer Nack if they cannot reach it either (Lifeguard); no Ack by the end
-  of the round makes the target suspect.
+  (IndirectPing) and answer Nack if they cannot reach it either (Lifeguard); no Ack after
+  indirect_timeout more makes the target suspect.
 - suspicion: a suspect gets a Suspicion timer (suspicion.py) that shrinks with independent
   confirmations; members hearing of a new suspicion probe the suspect at once with a small
   probability, so confirmations arrive within about one round; a timer that expires declares
@@ -420,7 +420,7 @@ class Membership:
             k = self.knobs
             # Deadlines count from now, not from when the probe was sent: a probe we could not
             # advance in time (we were slow) must not fail for our slowness.
-            probe.due = now + self._awareness.scale(k.probe_interval - k.probe_timeout)
+            probe.due = now + self._awareness.scale(k.indirect_timeout)
             self._push(probe.due, _T_PROBE, probe)
             peers = self._sample(k.indirect_checks, (probe.target,), alive_only=True)
             probe.expected_nacks = len(peers)
@@ -538,9 +538,14 @@ class Membership:
             return
         if m.state == SUSPECT and m.suspicion is not None:
             m.incarnation = s.incarnation
-            if m.suspicion.confirm(s.source):
-                self._push(m.suspicion.deadline, _T_SUSPICION, m)
+            sus = m.suspicion
+            before = sus.deadline
+            if s.source == self.name and not sus.witnessed:
+                sus.witness()
+            if sus.confirm(s.source):
                 self._queue.queue(s)
+            if sus.deadline != before:
+                self._push(sus.deadline, _T_SUSPICION, m)
             return
         k = self.knobs
         n = len(self._live) + 1
@@ -550,7 +555,7 @@ class Membership:
         m.state = SUSPECT
         m.state_since = now
         m.suspicion = Suspicion(s.source, s.incarnation, now, wanted, low,
-                                low * k.suspicion_max_timeout_mult)
+                                low * k.suspicion_max_timeout_mult, s.source == self.name)
         self._suspects.add(m.name)
         self._push(m.suspicion.deadline, _T_SUSPICION, m)
         out.events.append(MemberSuspect(m.name, s.incarnation, s.source))
@@ -574,7 +579,7 @@ class Membership:
             # talking but never refutes is judged at the maximum timeout.
             self._counters["verdicts_deferred"] += 1
             s.heard_since = now
-            s.postpone(min(now + self._awareness.scale(self.knobs.probe_interval),
+            s.postpone(min(now + self._awareness.scale(self.knobs.probe_deadline()),
                            s.start + s.max_timeout))
             self._push(s.deadline, _T_SUSPICION, m)
             if m.name not in self._probing:
