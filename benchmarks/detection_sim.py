@@ -30,7 +30,7 @@ from typing import Any
 
 from benchmarks import common
 from hagent.lab import sim_analysis
-from hagent.lab.simulator import SimConfig, Simulator
+from hagent.lab.simulator import SimConfig, Simulator, quiet_core_logs
 from hagent.membership.knobs import MembershipKnobs
 
 NAME = "detection_sim"
@@ -130,6 +130,12 @@ def false_verdicts(n: int, quick: bool, base_seed: int, wire: bool, kind: str,
 
 def run(quick: bool = False, *, sizes: tuple[int, ...] | None = None, seed: int = 1,
         wire: bool = True, hour_at_1000: bool = False) -> dict[str, Any]:
+    with quiet_core_logs():
+        return _run(quick, sizes, seed, wire, hour_at_1000)
+
+
+def _run(quick: bool, sizes: tuple[int, ...] | None, seed: int, wire: bool,
+         hour_at_1000: bool) -> dict[str, Any]:
     sizes = sizes or ((10, 100) if quick else SIZES)
     hour = 300.0 if quick else 3600.0
     out: dict[str, Any] = {"quick": quick, "seed": seed, "wire": wire,
