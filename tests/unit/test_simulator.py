@@ -4,6 +4,8 @@ Every check names its seed; rerun one with ``HAGENT_SIM_SEED=<seed> pytest -k <t
 """
 import os
 import random
+import subprocess
+import sys
 
 import pytest
 
@@ -66,6 +68,18 @@ def test_same_seed_same_run_other_seed_other_run():
     first = scripted_run(SEED)
     assert scripted_run(SEED) == first, f"seed {SEED}: two runs differ"
     assert scripted_run(SEED + 1) != first, f"seeds {SEED} and {SEED + 1} gave the same run"
+
+
+def test_string_hashing_does_not_leak_into_the_run():
+    # set and dict order of str keys changes with PYTHONHASHSEED; a core that iterates one
+    # without sorting would give another run in another process
+    code = ("import sys; from tests.unit.test_simulator import scripted_run; "
+            f"print(scripted_run({SEED}))")
+    digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env={**os.environ, "PYTHONHASHSEED": h}, check=True,
+                              cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+                              ).stdout.strip() for h in ("1", "2")}
+    assert digests == {scripted_run(SEED)}, f"seed {SEED}: digests differ across hash seeds"
 
 
 def test_a_crash_is_detected_by_every_node():
