@@ -73,7 +73,7 @@ def add_lab_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
                                      "node1,node2/node3,node4,node5 (a node in no group talks "
                                      "to all)")
     loss = with_dir(sub.add_parser("loss", help="drop a share of one node's packets at random"))
-    loss.add_argument("name", help="node name, e.g. node2")
+    loss.add_argument("name", help="node name, e.g. node2, or 'all' for every link")
     loss.add_argument("percent", type=int, help="0-100 (0 stops the loss)")
     with_dir(sub.add_parser("heal", help="remove every partition and loss"))
     return lab

@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterable
 import psutil
 
 from hagent.lab import configs, power
-from hagent.lab.netns import NetnsError, Network
+from hagent.lab.netns import ALL_LINKS, NetnsError, Network
 from hagent.lab.ports import PortPicker
 
 log = logging.getLogger(__name__)
@@ -505,8 +505,12 @@ class Lab:
         self._fault(lambda net: net.heal())
 
     def loss(self, name: str, percent: int) -> None:
-        """Drop ``percent`` % of ``name``'s packets to and from other nodes (0 stops it)."""
-        self.node(name)
+        """Drop ``percent`` % of ``name``'s packets to and from other nodes (0 stops it);
+        ``name`` "all": ``percent`` % on every link between two nodes."""
+        if name == "all":
+            name = ALL_LINKS
+        else:
+            self.node(name)
         self._fault(lambda net: net.loss(name, percent))
 
     def _fault(self, change: Callable[[Network], None]) -> None:

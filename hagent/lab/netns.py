@@ -113,6 +113,12 @@ def _gone(proc: subprocess.CompletedProcess) -> bool:
                                   "not found"))
 
 
+#: ``loss(ALL_LINKS, pct)``: loss on every node-to-node link (each frame drawn once), where a
+#: node's own loss applies to its frames in and out (a frame between two lossy nodes is
+#: drawn twice).
+ALL_LINKS = "*"
+
+
 def rules(links: list[NodeLink], faults: Faults) -> list[str]:
     """The ``forward`` chain's rules (nft syntax, without ``add rule ...``) for ``faults``.
 
@@ -135,7 +141,10 @@ def rules(links: list[NodeLink], faults: Faults) -> list[str]:
         pct = faults.loss[name]
         # numgen's range is 0-99: "< 100" is no valid rule, 100 % is a plain drop.
         chance = "" if pct >= 100 else f" numgen random mod 100 < {pct}"
-        if pct > 0:
+        if pct > 0 and name == ALL_LINKS:
+            # One draw per frame between any two nodes: every link loses exactly pct %.
+            out.append(f"{chance.strip()} drop".strip())
+        elif pct > 0:
             out.append(f'iifname "{veth[name]}"{chance} drop')
             out.append(f'oifname "{veth[name]}"{chance} drop')
     return out
@@ -335,8 +344,10 @@ class Network:
         self._change(lambda f: (setattr(f, "partition", []), f.loss.clear()))
 
     def loss(self, name: str, percent: int) -> None:
-        """Drop ``percent`` % of the frames from and to ``name``, at random (0 removes it)."""
-        self.link(name)
+        """Drop ``percent`` % of the frames from and to ``name``, at random (0 removes it);
+        ``name`` ALL_LINKS: of the frames on every link between nodes."""
+        if name != ALL_LINKS:
+            self.link(name)
         if isinstance(percent, bool) or not isinstance(percent, int) or not 0 <= percent <= 100:
             raise ValueError(f"loss percent must be an integer 0-100, got {percent!r}")
 

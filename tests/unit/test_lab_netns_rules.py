@@ -72,3 +72,8 @@ def test_netns_plan_binds_each_node_address_on_deployment_ports(tmp_path: Path) 
     with pytest.raises(ValueError, match="need 5 hosts"):
         configs.plan_nodes(tmp_path, 5, 3, [1, 2, 3], [4, 5, 6, 7, 8], forward_ports=[9, 10, 11],
                            gossip_ports=[12, 13, 14, 15, 16], hosts=hosts[:4])
+
+
+def test_loss_on_all_links_draws_each_frame_once() -> None:
+    out = rules(LINKS, Faults(loss={"*": 10}))
+    assert out == ["numgen random mod 100 < 10 drop"]
