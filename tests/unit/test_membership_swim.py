@@ -10,10 +10,9 @@ from typing import Callable
 
 import pytest
 
-from hagent.membership import (Ack, IndirectPing, MemberAlive, MemberDead, MemberRefuted,
-                               MemberState, Membership, MembershipKnobs, MemberSuspect, Nack, Ping,
-                               PushPull,
-                               encode)
+from hagent.membership import (Ack, Alive, Gossip, IndirectPing, MemberAlive, MemberDead,
+                               MemberRefuted, MemberState, Membership, MembershipKnobs,
+                               MemberSuspect, Nack, Ping, PushPull, Suspect, encode)
 
 LATENCY = 0.001
 KNOBS = MembershipKnobs()
@@ -306,3 +305,62 @@ def test_tick_is_idempotent_and_moves_the_deadline_past_now() -> None:
     assert not out.messages and not out.events
     net.apply("n0", m.tick(d))
     assert m.next_deadline() > d
+
+
+def test_only_witnesses_run_the_short_timer() -> None:
+    net = Net(NAMES)
+    me = net.nodes["n0"]
+    # n0 hears an accusation of n1 but never probes it itself (the rng may pick it to, so
+    # make it a pure listener: n1 answers everything).
+    me.receive(Gossip("n2", "n2", (Suspect("n1", 0, "n2"),)), net.now)
+    row = {r.name: r for r in me.members(net.now)}["n1"]
+    assert row.state == "suspect"
+    max_timeout = KNOBS.suspicion_min_timeout(6) * KNOBS.suspicion_max_timeout_mult
+    assert row.suspect_deadline_in == pytest.approx(max_timeout)
+    # Its own probe fails: it is now a witness and the Lifeguard timeout applies.
+    me.peer_unreachable("n1", net.now)
+    row = {r.name: r for r in me.members(net.now)}["n1"]
+    assert row.suspect_deadline_in < max_timeout
+    assert row.confirmations == 1
+
+
+def test_stale_accusation_gets_the_current_incarnation_back() -> None:
+    net = Net(NAMES)
+    n3 = net.nodes["n3"]
+    n3.receive(Gossip("n1", "n1", (Suspect("n3", 0, "n1"),)), net.now)   # refutes: inc 1
+    assert n3.incarnation == 1
+    out = n3.receive(Gossip("n2", "n2", (Suspect("n3", 0, "n4"),)), net.now)
+    reminders = [(dst, m) for dst, m in out.messages if dst == "n4"]
+    assert reminders and reminders[0][1].updates == (Alive("n3", 1, "n3", {"key": "k-n3"}),)
+    assert n3.incarnation == 1                                           # no second bump
+
+
+def test_stalled_node_restarts_its_suspicions_and_resyncs() -> None:
+    net = Net(NAMES)
+    me = net.nodes["n0"]
+    me.receive(Gossip("n2", "n2", (Suspect("n1", 0, "n2"),)), net.now)
+    me.peer_unreachable("n1", net.now)            # witness: short timer
+    later = net.now + 2.5
+    out = me.tick(later)                          # nothing ran for 2.5 s: a stall
+    assert me.counters["pauses_detected"] == 1
+    assert any(isinstance(m, PushPull) for _, m in out.messages)
+    assert any(isinstance(e, MemberRefuted) for e in out.events)
+    row = {r.name: r for r in me.members(later)}["n1"]
+    assert row.suspect_deadline_in >= KNOBS.suspicion_min_timeout(6) - 1e-9
+
+
+def test_member_we_keep_hearing_from_is_not_declared_dead_before_max_timeout() -> None:
+    net = Net(NAMES)
+    me = net.nodes["n0"]
+    t0 = net.now
+    me.receive(Gossip("n2", "n2", (Suspect("n1", 0, "n2"),)), t0)
+    me.peer_unreachable("n1", t0)
+    deadline = t0 + {r.name: r for r in me.members(t0)}["n1"].suspect_deadline_in
+    # n1 keeps talking to n0 (its probes arrive) but its refutations never do.
+    t = t0
+    while t < deadline + 1.0:
+        t += 0.1
+        me.receive(Ping("n1", "n1", 1, "n0"), t)
+        me.tick(t)
+    assert me.member_state("n1") == "suspect"
+    assert me.counters["verdicts_deferred"] >= 1
