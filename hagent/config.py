@@ -773,6 +773,165 @@ class MonitorsConfig:
         "the 10 s interval (40 / 8 x 2 s).", check=(positive,))
 
 
+@constraint("not empty, at most 255 characters (Nova's limit)")
+def nova_text(value: str) -> str | None:
+    if not value.strip():
+        return "must not be empty"
+    if len(value) > 255:
+        return f"{len(value)} characters; Nova accepts at most 255"
+    return None
+
+
+def _retry_backoff_ordered(low: float, high: float) -> str | None:
+    if low <= high:
+        return None
+    return f"{low:g} must not exceed retry_interval_max ({high:g})"
+
+
+def _poll_below_deadlines(poll: float, evacuate: float, stop: float, start: float) -> str | None:
+    shortest = min(evacuate, stop, start)
+    if poll < shortest:
+        return None
+    return (f"{poll:g} must be below the shortest of evacuate_timeout, stop_timeout and "
+            f"start_timeout ({shortest:g}): Nova would be looked at once or not at all "
+            "before the deadline")
+
+
+@dataclass(frozen=True)
+class RecoveryConfig:
+    """Recovery through Nova (docs/recovery-nova.md). The Raft leader runs Masakari's
+    workflows: host failure (force the compute service down, disable it, evacuate), instance
+    failure (stop, start) and process failure (disable the compute service), calling Nova
+    through openstacksdk with the credentials of one clouds.yaml entry. Keys named after a
+    Masakari option keep its meaning and default, except where said. What hagent does
+    differently: no fixed sleeps (each step polls Nova until it shows the state waited for,
+    up to a deadline), the compute service is forced down as soon as the host is fenced
+    (Masakari waits 180 s instead), and evacuations run 16 at a time (Masakari: 3)."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(("retry_interval", "retry_interval_max"), _retry_backoff_ordered,
+             "`retry_interval` <= `retry_interval_max`"),
+        Rule(("poll_interval", "evacuate_timeout", "stop_timeout", "start_timeout"),
+             _poll_below_deadlines,
+             "`poll_interval` < each of `evacuate_timeout`, `stop_timeout`, `start_timeout`"),
+    )
+
+    enabled: bool = knob(
+        True,
+        "Run recovery on this node while it is the Raft leader (only voters lead). Off: "
+        "notifications are still committed and listed, but stay `new` until a leader with "
+        "recovery on takes them, so turn it off on every voter only to stop all recovery.")
+    clouds_yaml: Path = knob(
+        Path("/etc/hagent/clouds.yaml"),
+        "openstacksdk's clouds.yaml holding the Nova admin credentials (what Masakari's "
+        "`os_privileged_user_*` options held). Only this file is read: no `OS_*` variables, "
+        "no ~/.config/openstack. Voters read it; keep it mode 0600 (a warning is logged "
+        "otherwise). Relative paths are taken from this config file's directory.")
+    cloud: str = knob(
+        "hagent",
+        "The entry under `clouds:` in `clouds_yaml`. The user needs the admin role: compute "
+        "services, other projects' servers and evacuation are admin-only in Nova.",
+        check=(nova_text,))
+    ha_enabled_instance_metadata_key: str = knob(
+        "HA_Enabled",
+        "Server metadata key that marks an HA instance when set to `True` (Masakari's "
+        "`[host_failure]` and `[instance_failure]` option of this name, one key for both here).",
+        check=(nova_text,))
+    evacuate_all_instances: bool = knob(
+        True,
+        "Evacuate every instance of a failed host, HA instances first (Masakari's "
+        "`[host_failure] evacuate_all_instances`, default true); false: only HA instances.")
+    ignore_instances_in_error_state: bool = knob(
+        False,
+        "Leave instances in ERROR on a failed host where they are (Masakari's `[host_failure] "
+        "ignore_instances_in_error_state`, default false: they are evacuated too).")
+    process_all_instances: bool = knob(
+        False,
+        "Recover (stop, start) every instance a VM notification names (Masakari's "
+        "`[instance_failure] process_all_instances`, default false: only HA instances, the "
+        "others' notifications end `ignored`).")
+    add_reserved_host_to_aggregate: bool = knob(
+        False,
+        "`reserved_host` recovery also adds the reserved host to the failed host's aggregates "
+        "(Masakari's `[host_failure] add_reserved_host_to_aggregate`, default false).")
+    service_disable_reason: str = knob(
+        "hagent detected host failed.",
+        "Disabled reason Nova shows for the compute service of a failed host (Masakari's "
+        "`[host_failure] service_disable_reason`, \"Masakari detected host failed.\").",
+        check=(nova_text,))
+    process_disable_reason: str = knob(
+        "hagent detected process failed.",
+        "Disabled reason for the compute service of a host whose nova-compute process failed "
+        "(Masakari's `[process_failure] service_disable_reason`). A STARTED notification "
+        "re-enables the service only while this is still its reason, so a service an operator "
+        "disabled stays disabled.",
+        check=(nova_text,))
+    max_concurrent_evacuations: int = knob(
+        16,
+        "Evacuations in flight at once (Masakari's `host_failure_recovery_threads`: 3). Nova "
+        "accepts an evacuation in ~0.06 s and the instance is ACTIVE on its new host 3-4 s "
+        "later (real Nova 34, docs/recovery-nova.md), so 3 at a time take ~2 minutes for 100 "
+        "instances and 16 about 25 s; the cost is load on nova-conductor and the scheduler.",
+        check=(positive,))
+    poll_interval: float = knob(
+        0.5,
+        "Seconds between two looks at Nova while a step waits for a state (instance ACTIVE on "
+        "another host, stopped, started). Masakari's `verify_interval` is 1 s; half of it "
+        "trims the wait after a 3 s evacuation for one GET per waiting instance per look.",
+        check=(positive,))
+    evacuate_timeout: float = knob(
+        90.0,
+        "Seconds an evacuated instance has to reach its previous state on another host before "
+        "its evacuation counts as failed (Masakari's `wait_period_after_evacuation`, 90 s). "
+        "A deadline, not a wait: the step ends as soon as Nova shows the state.",
+        check=(positive,))
+    stop_timeout: float = knob(
+        180.0,
+        "Seconds a stopped instance has to reach SHUTOFF (Masakari's "
+        "`wait_period_after_power_off`, 180 s; Nova itself waits up to 60 s for a clean "
+        "guest shutdown before powering off). A deadline, not a wait.", check=(positive,))
+    start_timeout: float = knob(
+        60.0,
+        "Seconds a started instance has to reach ACTIVE (Masakari's "
+        "`wait_period_after_power_on`, 60 s). A deadline, not a wait.", check=(positive,))
+    nova_timeout: float = knob(
+        30.0,
+        "Seconds one Nova or Keystone call may take (each HTTP request, and the whole call "
+        "with authentication). Calls take milliseconds; a call that hangs usually waits on "
+        "nova-api's RPC to a dead compute (60 s, `rpc_response_timeout`). A timed-out call "
+        "counts as retryable: the step asks Nova what happened before repeating it.",
+        check=(positive,))
+    max_retries: int = knob(
+        5,
+        "Retries of a notification whose recovery ended in `error` (a retryable Nova failure) "
+        "before it is `failed` with the reason. Masakari retries an `error` notification once, "
+        "on its next `process_unfinished_notifications_interval` (120 s) pass; five retries "
+        "with backoff (5+10+20+40+80 s) ride out a Nova API restart.",
+        check=(non_negative,))
+    retry_interval: float = knob(
+        5.0,
+        "Seconds before the first retry of a notification in `error`; each further retry "
+        "waits twice as long, up to `retry_interval_max`.", check=(positive,))
+    retry_interval_max: float = knob(
+        120.0,
+        "Longest wait between two retries (Masakari's "
+        "`process_unfinished_notifications_interval`, 120 s, which is its only retry "
+        "spacing).", check=(positive,))
+    notification_expiry: float = knob(
+        86400.0,
+        "Seconds after its generated_time when a notification still `new` or in `error` is "
+        "`failed` as expired instead of recovered (Masakari's "
+        "`notifications_expired_interval`, 1 day): acting on a day-old failure would move "
+        "instances their owners may have recovered by hand. Masakari expires `running` ones "
+        "too, as its engine can lose them; hagent's leader resumes those.", check=(positive,))
+    restore_host_on_return: bool = knob(
+        False,
+        "When a fenced host is back and renewing its lease, unset force down, re-enable its "
+        "compute service and clear its maintenance flag. Off by default, as Masakari leaves "
+        "a recovered host on maintenance until an operator runs `hagentctl host update "
+        "--no-maintenance`.")
+
+
 def _endpoints_per_voter(forward: ForwardConfig, raft: RaftConfig) -> str | None:
     if not forward.endpoints or len(forward.endpoints) == len(raft.voters):
         return None
@@ -821,6 +980,7 @@ class Config:
     fencing: FencingConfig = field(default_factory=FencingConfig)
     detection: DetectionConfig = field(default_factory=DetectionConfig)
     monitors: MonitorsConfig = field(default_factory=MonitorsConfig)
+    recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     @property
