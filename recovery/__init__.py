@@ -1,0 +1,1 @@
+"""Recovery: the Raft leader recovers hosts, instances and processes through Nova."""
