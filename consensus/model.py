@@ -81,6 +81,15 @@ VMOVE_TRANSITIONS: dict[str, frozenset[str]] = {
 }
 VMOVE_FINAL = frozenset({"succeeded", "failed", "ignored"})
 
+# Outcomes of a recovery step (``recovery.result``): done (the world changed as intended and
+# the change was confirmed), failed, skipped (Nova already showed the wanted state).
+RECOVERY_OUTCOMES = ("done", "failed", "skipped")
+# Longest ``detail`` of a recovery intent or result (a few Nova facts, an error message).
+RECOVERY_DETAIL_MAX = 1000
+# Words every refusal of a recovery op for a stale term starts with, so that an engine tells
+# "a newer leader claimed recovery" (stop acting) from a bug (report it).
+STALE_TERM = "stale term"
+
 
 @dataclass
 class Segment:
@@ -168,6 +177,52 @@ class VMove:
 
 
 @dataclass
+class RecoveryStep:
+    """One step of a notification's recovery: the intent the leader committed before acting
+    (``step``, ``key``: the host or instance acted on, ``term``, ``detail``) and, once known,
+    its result (``outcome``, ``outcome_detail``, ``outcome_term``: the term of the leader that
+    recorded it, which may be a later one that resumed the step)."""
+
+    step: str
+    key: str
+    term: int
+    attempt: int  # the notification's ``attempts`` when the intent was committed
+    detail: str | None
+    started_at: str
+    outcome: str | None = None
+    outcome_detail: str | None = None
+    outcome_term: int | None = None
+    ended_at: str | None = None
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "key": self.key,
+            "term": self.term,
+            "attempt": self.attempt,
+            "detail": self.detail,
+            "outcome": self.outcome,
+            "outcome_detail": self.outcome_detail,
+            "outcome_term": self.outcome_term,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+        }
+
+
+@dataclass
+class RecoveryClaim:
+    """The highest Raft term whose leader claimed the recovery engine (``recovery.claim``):
+    intents and results of any lower term are refused, so a deposed leader cannot act."""
+
+    term: int
+    node: str
+    claimed_at: str
+
+    def record(self) -> dict[str, Any]:
+        return {"term": self.term, "node": self.node, "claimed_at": self.claimed_at}
+
+
+@dataclass
 class Notification:
     notification_uuid: str
     type: str
@@ -188,6 +243,10 @@ class Notification:
     accepted: bool
     updated_at: str | None = None
     vmoves: dict[str, VMove] = field(default_factory=dict)
+    # Times the recovery engine moved it to ``running`` (the first run and each retry).
+    attempts: int = 0
+    # The recovery steps taken, in commit order (``recovery.intent`` / ``recovery.result``).
+    steps: list[RecoveryStep] = field(default_factory=list)
     # Position in commit order (shown as ``id``), the tie-break of sorted listings. Not stored
     # in snapshots: a restore renumbers in the same order, so it is equal on every replica.
     ordinal: int = field(default=0, compare=False)
@@ -210,7 +269,16 @@ class Notification:
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "vmoves": [v.record() for v in self.vmoves.values()],
+            "recovery_attempts": self.attempts,
+            "recovery_steps": [step.record() for step in self.steps],
         }
+
+    def open_step(self, step: str, key: str) -> RecoveryStep | None:
+        """The step's intent that has no result yet, if any (at most one per step and key)."""
+        for item in reversed(self.steps):
+            if item.step == step and item.key == key:
+                return item if item.outcome is None else None
+        return None
 
 
 @dataclass

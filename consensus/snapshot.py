@@ -14,15 +14,21 @@ item the record's fields by name; a notification carries ``accepted`` and its ``
 Format 2 (written now) adds ``"incidents": [...]``: every open incident and each host's last
 closed one, sorted by (host name, open first), each item the Incident's fields by name. A
 format 1 snapshot reads as one without incidents (it predates them).
+
+Format 3 (written now) adds ``"recovery_claim"`` (the RecoveryClaim's fields, or null) and,
+per notification, ``attempts`` and ``steps`` (each the RecoveryStep's fields by name). Older
+formats read as no claim, and notifications with no attempts and no steps.
 """
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any, Iterable
 
-from consensus.model import Host, Incident, Lease, Notification, Segment, VMove
+from consensus.model import (
+    Host, Incident, Lease, Notification, RecoveryClaim, RecoveryStep, Segment, VMove,
+)
 
-FORMAT = 2
+FORMAT = 3
 
 _SEGMENT = ("uuid", "name", "description", "recovery_method", "service_type", "enabled",
             "created_at", "updated_at")
@@ -34,6 +40,9 @@ _NOTIFICATION = ("notification_uuid", "type", "hostname", "source_host_uuid",
 _VMOVE = ("instance_uuid", "instance_name", "type", "status", "source_host", "dest_host",
           "message", "start_time", "end_time", "created_at", "updated_at")
 _LEASE = ("host", "seq", "renewed_at")
+_STEP = ("step", "key", "term", "attempt", "detail", "started_at", "outcome", "outcome_detail",
+         "outcome_term", "ended_at")
+_CLAIM = ("term", "node", "claimed_at")
 _INCIDENT = ("hostname", "host_uuid", "notification_uuid", "source_node", "opened_at",
              "fence_method", "fence_detail", "fenced_at", "closed_at", "up_notification_uuid")
 
@@ -48,13 +57,15 @@ def _fields(obj: Any, names: tuple[str, ...]) -> dict[str, Any]:
 
 def dump(segments: Iterable[Segment], hosts: Iterable[Host],
          notifications: Iterable[Notification], leases: Iterable[Lease],
-         incidents: Iterable[Incident]) -> dict[str, Any]:
+         incidents: Iterable[Incident], claim: RecoveryClaim | None) -> dict[str, Any]:
     """Copies of every record; nothing in the result is shared with the live state."""
     out_notifications = []
     for n in notifications:
         item = _fields(n, _NOTIFICATION)
         item["payload"] = dict(n.payload)
         item["vmoves"] = [_fields(vm, _VMOVE) for vm in n.vmoves.values()]
+        item["attempts"] = n.attempts
+        item["steps"] = [_fields(step, _STEP) for step in n.steps]
         out_notifications.append(item)
     return {
         "format": FORMAT,
@@ -64,11 +75,12 @@ def dump(segments: Iterable[Segment], hosts: Iterable[Host],
         "leases": [_fields(lease, _LEASE) for lease in leases],
         "incidents": [_fields(i, _INCIDENT) for i in sorted(
             incidents, key=lambda i: (i.hostname, not i.is_open))],
+        "recovery_claim": None if claim is None else _fields(claim, _CLAIM),
     }
 
 
 def load(data: Any) -> tuple[list[Segment], list[Host], list[Notification], list[Lease],
-                             list[Incident]]:
+                             list[Incident], RecoveryClaim | None]:
     """Records from a snapshot document; raises SnapshotFormatError when it can't."""
     if not isinstance(data, dict) or not isinstance(data.get("format"), int):
         raise SnapshotFormatError("not an hagent snapshot: no integer 'format' field")
@@ -88,11 +100,18 @@ def load(data: Any) -> tuple[list[Segment], list[Host], list[Notification], list
                              generated_ts=datetime.fromisoformat(item["generated_time"]).timestamp())
             for vm in item["vmoves"]:
                 n.vmoves[vm["instance_uuid"]] = VMove(**{k: vm[k] for k in _VMOVE})
+            if version >= 3:
+                n.attempts = item["attempts"]
+                if isinstance(n.attempts, bool) or not isinstance(n.attempts, int):
+                    raise TypeError(f"attempts must be an integer (got {n.attempts!r})")
+                n.steps = [RecoveryStep(**{k: step[k] for k in _STEP}) for step in item["steps"]]
             notifications.append(n)
         leases = [Lease(**{k: lease[k] for k in _LEASE}) for lease in data["leases"]]
         incidents = [Incident(**{k: i[k] for k in _INCIDENT})
                      for i in (data["incidents"] if version >= 2 else [])]
+        raw_claim = data["recovery_claim"] if version >= 3 else None
+        claim = None if raw_claim is None else RecoveryClaim(**{k: raw_claim[k] for k in _CLAIM})
     except (KeyError, TypeError, ValueError) as exc:
         raise SnapshotFormatError(f"snapshot format {version} is malformed: "
                                   f"{type(exc).__name__}: {exc}") from None
-    return segments, hosts, notifications, leases, incidents
+    return segments, hosts, notifications, leases, incidents, claim

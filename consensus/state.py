@@ -1,5 +1,5 @@
-"""The replicated state machine: Masakari's segments, hosts and notifications, plus leases
-and host incidents.
+"""The replicated state machine: Masakari's segments, hosts and notifications, plus leases,
+host incidents and the recovery engine's claims, intents and results (docs/recovery.md).
 
 `ClusterState.apply` is the only way to change the state. Each committed log entry is one
 command dict; every replica applies the same commands in the same order and must reach the
@@ -19,9 +19,10 @@ from typing import Any, Callable, Mapping
 from consensus import snapshot, validate as v
 from consensus.model import (
     FENCE_DETAIL_MAX, FENCE_METHODS, HOST_DOWN_PAYLOAD, HOST_UP_PAYLOAD, NOTIFICATION_STATUSES,
-    NOTIFICATION_TRANSITIONS, NOTIFICATION_TYPES, RECOVERY_METHODS, UNDER_RECOVERY_STATUSES,
-    VMOVE_FINAL, VMOVE_INITIAL, VMOVE_STATUSES, VMOVE_TRANSITIONS, Host, Incident, Lease,
-    Notification, Segment, VMove,
+    NOTIFICATION_TRANSITIONS, NOTIFICATION_TYPES, RECOVERY_DETAIL_MAX, RECOVERY_METHODS,
+    RECOVERY_OUTCOMES, STALE_TERM, UNDER_RECOVERY_STATUSES, VMOVE_FINAL, VMOVE_INITIAL,
+    VMOVE_STATUSES, VMOVE_TRANSITIONS, Host, Incident, Lease, Notification, RecoveryClaim,
+    RecoveryStep, Segment, VMove,
 )
 from consensus.payload import check_payload
 from consensus.queries import (
@@ -59,7 +60,8 @@ def _command(op: str) -> Callable[[_Handler], _Handler]:
 
 
 class ClusterState:
-    """Segments, hosts, notifications (with their vmoves), host leases and host incidents.
+    """Segments, hosts, notifications (with their vmoves and recovery steps), host leases,
+    host incidents and the recovery claim.
 
     ``duplicate_interval`` is Masakari's ``duplicate_notification_detection_interval`` in
     seconds; it comes from config and must be the same on every replica.
@@ -88,6 +90,8 @@ class ClusterState:
         # accepted notifications only: the O(1) form of Masakari's duplicate query.
         self._latest: dict[tuple[Any, ...], tuple[float, str]] = {}
         self._next_ordinal = 0
+        # The highest term whose leader claimed recovery (None: no engine ever ran).
+        self._claim: RecoveryClaim | None = None
 
     # ------------------------------------------------------------------ applying commands
 
@@ -323,6 +327,8 @@ class ClusterState:
             raise CommandError(f"notification {notification.notification_uuid} can't go from "
                                f"{notification.status} to {status} (allowed: {', '.join(allowed)})")
         self._set_status(notification, status)
+        if status == "running":
+            notification.attempts += 1
         if "message" in cmd:
             notification.message = message
         notification.updated_at = v.iso_from_epoch(at)
@@ -370,6 +376,91 @@ class ClusterState:
             setattr(vmove, key, value)
         notification.updated_at = now
         return notification.record()
+
+    @_command("recovery.claim")
+    def _recovery_claim(self, cmd: dict[str, Any], at: float) -> dict[str, Any]:
+        """A new leader's recovery engine claims recovery for its Raft ``term`` before it
+        acts. The state keeps the highest claim; a lower term is refused (that leader was
+        deposed) and so is the same term from another node (Raft elects one leader per
+        term). A resend of the current claim returns it unchanged."""
+        v.check_keys(cmd, ("term", "node"))
+        term = v.sequence_number(cmd["term"], "term")
+        node = v.name(cmd["node"], "node")
+        claim = self._claim
+        if claim is not None:
+            if term < claim.term:
+                raise CommandError(f"{STALE_TERM}: term {term} is older than the claimed term "
+                                   f"{claim.term} (node {claim.node}); this node no longer leads")
+            if term == claim.term:
+                if node != claim.node:
+                    raise CommandError(f"term {term} is already claimed by node {claim.node}")
+                return claim.record()
+        self._claim = RecoveryClaim(term=term, node=node, claimed_at=v.iso_from_epoch(at))
+        return self._claim.record()
+
+    @_command("recovery.intent")
+    def _recovery_intent(self, cmd: dict[str, Any], at: float) -> dict[str, Any]:
+        """Record that the leader of ``term`` is about to take ``step`` on ``key`` (a host
+        or an instance) for a running notification; it acts only once this commits.
+
+        Refused unless ``term`` is the claimed term (lower: a deposed leader, which must not
+        act; higher: a leader that did not claim first), unless the notification is running,
+        and while the same step and key has an open intent of an earlier term (its result
+        comes first: a resuming leader records what Nova shows). A resend of the open
+        intent of the same term returns it unchanged."""
+        v.check_keys(cmd, ("notification_uuid", "step", "term", "key"), ("detail",))
+        notification = self._find_notification(cmd["notification_uuid"])
+        step = v.name(cmd["step"], "step")
+        key = v.name(cmd["key"], "key")
+        detail = v.text(cmd.get("detail"), "detail", RECOVERY_DETAIL_MAX)
+        term = self._check_term(cmd["term"])
+        if notification.status != "running":
+            raise CommandError(f"notification {notification.notification_uuid} is "
+                               f"{notification.status}; recovery steps are recorded only while "
+                               f"it is running")
+        current = notification.open_step(step, key)
+        if current is not None:
+            if current.term == term:
+                return current.record()
+            raise CommandError(f"step {step} of {key} has an open intent of term {current.term}; "
+                               f"record its result first")
+        item = RecoveryStep(step=step, key=key, term=term, attempt=notification.attempts,
+                            detail=detail, started_at=v.iso_from_epoch(at))
+        notification.steps.append(item)
+        notification.updated_at = item.started_at
+        return item.record()
+
+    @_command("recovery.result")
+    def _recovery_result(self, cmd: dict[str, Any], at: float) -> dict[str, Any]:
+        """Record the outcome of the open intent for ``step`` and ``key``. The term must be
+        the claimed term, as for an intent; it may be later than the intent's (a new leader
+        recording what Nova shows for its predecessor's intent). Without an open intent the
+        result is refused, except a resend: when the step's latest result has the same term,
+        outcome and detail, it is returned unchanged."""
+        v.check_keys(cmd, ("notification_uuid", "step", "term", "key", "outcome"), ("detail",))
+        notification = self._find_notification(cmd["notification_uuid"])
+        step = v.name(cmd["step"], "step")
+        key = v.name(cmd["key"], "key")
+        outcome = v.choice(cmd["outcome"], "outcome", RECOVERY_OUTCOMES)
+        detail = v.text(cmd.get("detail"), "detail", RECOVERY_DETAIL_MAX)
+        term = self._check_term(cmd["term"])
+        if notification.status != "running":
+            raise CommandError(f"notification {notification.notification_uuid} is "
+                               f"{notification.status}; recovery steps are recorded only while "
+                               f"it is running")
+        item = notification.open_step(step, key)
+        if item is None:
+            latest = next((s for s in reversed(notification.steps)
+                           if s.step == step and s.key == key), None)
+            if latest is not None and (latest.outcome_term, latest.outcome,
+                                       latest.outcome_detail) == (term, outcome, detail):
+                return latest.record()
+            raise CommandError(f"step {step} of {key} has no open intent in notification "
+                               f"{notification.notification_uuid}")
+        item.outcome, item.outcome_detail, item.outcome_term = outcome, detail, term
+        item.ended_at = v.iso_from_epoch(at)
+        notification.updated_at = item.ended_at
+        return item.record()
 
     @_command("lease.renew")
     def _lease_renew(self, cmd: dict[str, Any], at: float) -> dict[str, Any]:
@@ -541,6 +632,20 @@ class ClusterState:
         if notification is None:
             raise CommandError(f"no notification {uuid}")
         return notification
+
+    def _check_term(self, value: Any) -> int:
+        """A recovery intent's or result's term: it must be the claimed one."""
+        term = v.sequence_number(value, "term")
+        claim = self._claim
+        if claim is None:
+            raise CommandError(f"term {term} has not claimed recovery (recovery.claim first)")
+        if term < claim.term:
+            raise CommandError(f"{STALE_TERM}: term {term} is older than the claimed term "
+                               f"{claim.term} (node {claim.node}); this node no longer leads")
+        if term > claim.term:
+            raise CommandError(f"term {term} has not claimed recovery (claimed: {claim.term}); "
+                               f"recovery.claim first")
+        return term
 
     def _refuse_if_under_recovery(self, segment: Segment, what: str) -> None:
         if self._under_recovery.get(segment.uuid):
@@ -744,20 +849,26 @@ class ClusterState:
         found = self._incidents.get(hostname) or self._closed_incidents.get(hostname)
         return None if found is None else self._incident_record(found)
 
+    def recovery_claim(self) -> dict[str, Any] | None:
+        """The highest recovery claim ({term, node, claimed_at}), or None."""
+        return None if self._claim is None else self._claim.record()
+
     # ------------------------------------------------------------------ snapshots
 
     def to_snapshot(self) -> dict[str, Any]:
         """The whole replicated state as plain, msgpack-able values (see snapshot.py)."""
         return snapshot.dump(self._segments.values(), self._hosts.values(),
                              self._notifications.values(), self._leases.values(),
-                             [*self._incidents.values(), *self._closed_incidents.values()])
+                             [*self._incidents.values(), *self._closed_incidents.values()],
+                             self._claim)
 
     @classmethod
     def from_snapshot(cls, data: Any, duplicate_interval: float = 180.0) -> ClusterState:
         """Rebuild a state from `to_snapshot`'s output; raises snapshot.SnapshotFormatError
         for a snapshot this version can't read."""
-        segments, hosts, notifications, leases, incidents = snapshot.load(data)
+        segments, hosts, notifications, leases, incidents, claim = snapshot.load(data)
         state = cls(duplicate_interval)
+        state._claim = claim
         for segment in segments:
             state._segments[segment.uuid] = segment
             state._segment_names[segment.name] = segment.uuid

@@ -1,5 +1,6 @@
-"""Property tests: replicas agree, snapshots round-trip, apply never raises, and host.down
-and host.up store one STOPPED and one STARTED per incident.
+"""Property tests: replicas agree, snapshots round-trip, apply never raises, host.down
+and host.up store one STOPPED and one STARTED per incident, and recovery steps of a stale
+term are refused.
 
 Commands are drawn from small pools of names, uuids and values so that random sequences
 mostly hit existing segments, hosts and notifications (and so exercise the real rules),
@@ -92,6 +93,16 @@ _ALTERNATIVES = [
         "method": _maybe(st.sampled_from(["lease", "ipmi", "redfish"])),
         "detail": _maybe(st.one_of(st.none(), st.text(max_size=5)))},
         optional={"incident": _maybe(st.sampled_from([None, *INCIDENT_NOTES]))})] * 2,
+    st.fixed_dictionaries({"op": st.just("recovery.claim"), "at": AT_S,
+                           "term": _maybe(st.integers(0, 3)),
+                           "node": _maybe(st.sampled_from(["h1", "h2"]))}),
+    *[st.fixed_dictionaries({
+        "op": st.sampled_from(["recovery.intent", "recovery.result"]), "at": AT_S,
+        "notification_uuid": _maybe(st.sampled_from(NOTES)),
+        "step": _maybe(st.sampled_from(["force_down", "evacuate"])),
+        "key": _maybe(st.sampled_from(["h1", VMS[0]])), "term": _maybe(st.integers(0, 3))},
+        optional={"outcome": _maybe(st.sampled_from(["done", "failed", "skipped"])),
+                  "detail": _maybe(st.one_of(st.none(), st.text(max_size=5)))})] * 3,
     st.fixed_dictionaries({"op": st.just("lease.renew"), "at": AT_S,
                            "hosts": _maybe(st.dictionaries(st.sampled_from(HOSTS[:3]),
                                                            st.integers(0, 5), max_size=3))}),

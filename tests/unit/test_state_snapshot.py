@@ -9,7 +9,8 @@ import pytest
 from consensus.snapshot import FORMAT, SnapshotFormatError
 from consensus.state import ClusterState
 from test_state_support import (
-    AT, cluster, host_create, host_down, host_fenced, host_up, ok, submit, transition, uid, vmove,
+    AT, claim, cluster, host_create, host_down, host_fenced, host_up, intent, ok, result, submit,
+    transition, uid, vmove,
 )
 
 
@@ -22,6 +23,10 @@ def _busy_state() -> ClusterState:
     ok(state, transition("a", "running"))
     ok(state, vmove("a", "vm1", "pending", source_host="n1"))
     ok(state, vmove("a", "vm1", "ongoing"))
+    ok(state, claim(4, "n2"))
+    ok(state, intent("a", "force_down", "n1", 4, detail="service up"))
+    ok(state, result("a", "force_down", "n1", 4, detail="forced down"))
+    ok(state, intent("a", "evacuate", uid("vm/vm1"), 4))
     ok(state, {"op": "lease.renew", "at": AT, "hosts": {"n1": 4, "n2": 9}})
     ok(state, host_down("down1", hostname="n2"))
     ok(state, host_fenced("n2", method="ipmi", detail="power is off"))
@@ -34,18 +39,25 @@ def _busy_state() -> ClusterState:
 def test_round_trip_gives_an_equal_state_that_behaves_the_same():
     state = _busy_state()
     data = state.to_snapshot()
-    assert data["format"] == FORMAT == 2
+    assert data["format"] == FORMAT == 3
     restored = ClusterState.from_snapshot(msgpack.unpackb(msgpack.packb(data)))
     assert restored == state
     assert restored.counts_by_status() == state.counts_by_status()
     assert restored.list_notifications() == state.list_notifications()
     assert restored.incidents() == state.incidents()
+    assert restored.recovery_claim() == state.recovery_claim() == {
+        "term": 4, "node": "n2", "claimed_at": "2024-05-01T10:00:03.000000+00:00"}
+    steps = restored.get_notification(uid("n/a"))["recovery_steps"]
+    assert [(s["step"], s["outcome"]) for s in steps] == [("force_down", "done"), ("evacuate", None)]
     assert [(i["hostname"], i["status"]) for i in state.incidents()] == [
         ("n1", "open"), ("n2", "open"), ("n2", "closed")]
     # derived indexes were rebuilt: duplicate detection and the under-recovery check
     for s in (state, restored):
         assert ok(s, submit("again", hostname="n1", at=AT + 5))["status"] == "ignored"
         assert not s.apply({"op": "host.delete", "at": AT, "host": "n2"})["ok"]
+        # the claim and the open intent came back: a stale term is refused, a result fits
+        assert not s.apply(intent("a", "disable", "n1", 3))["ok"]
+        assert ok(s, result("a", "evacuate", uid("vm/vm1"), 4))["outcome"] == "done"
     assert restored == state
 
 
@@ -83,7 +95,7 @@ def test_newer_format_is_refused_with_upgrade_advice():
     data["format"] = 7
     with pytest.raises(SnapshotFormatError) as err:
         ClusterState.from_snapshot(data)
-    assert str(err.value) == ("snapshot format 7 is newer than this hagent understands (2); "
+    assert str(err.value) == ("snapshot format 7 is newer than this hagent understands (3); "
                               "upgrade hagent")
 
 
@@ -98,6 +110,25 @@ def test_format_1_snapshot_reads_as_a_state_without_incidents():
     assert restored == state and restored.incidents() == []
     # and it then opens incidents like any other state
     assert ok(restored, host_down("d", hostname="n2"))["status"] == "open"
+
+
+def test_format_2_snapshot_reads_as_a_state_without_recovery_records():
+    """What an hagent without the recovery ops wrote still loads: no claim, no attempts,
+    no steps; the first claim then works as on a fresh state."""
+    state = cluster("n1")
+    ok(state, submit("a", hostname="n1"))
+    ok(state, transition("a", "running"))
+    data = state.to_snapshot()
+    del data["recovery_claim"]
+    for item in data["notifications"]:
+        del item["attempts"], item["steps"]
+    data["format"] = 2
+    restored = ClusterState.from_snapshot(data)
+    assert restored.recovery_claim() is None
+    record = restored.get_notification(uid("n/a"))
+    assert record["recovery_attempts"] == 0 and record["recovery_steps"] == []
+    assert ok(restored, claim(1))["term"] == 1
+    assert ok(restored, intent("a", "force_down", "n1", 1))["attempt"] == 0
 
 
 def test_incident_naming_a_missing_notification_is_refused():
@@ -121,6 +152,10 @@ def test_incident_naming_a_missing_notification_is_refused():
      "malformed"),
     ({"format": 2, "segments": [], "hosts": [], "notifications": [], "leases": [],
       "incidents": [{"hostname": "x"}]}, "malformed"),
+    ({"format": 3, "segments": [], "hosts": [], "notifications": [], "leases": [],
+      "incidents": []}, "malformed"),
+    ({"format": 3, "segments": [], "hosts": [], "notifications": [], "leases": [],
+      "incidents": [], "recovery_claim": {"term": 1}}, "malformed"),
 ])
 def test_malformed_snapshots_are_refused(data, fragment):
     with pytest.raises(SnapshotFormatError, match=fragment):

@@ -72,6 +72,21 @@ def host_up(label: str, hostname: str = "node1", **kw: Any) -> dict[str, Any]:
             "source_node": "node3", **kw}
 
 
+def claim(term: int, node: str = "node1", **kw: Any) -> dict[str, Any]:
+    return {"op": "recovery.claim", "at": AT + 3, "term": term, "node": node, **kw}
+
+
+def intent(label: str, step: str, key: str, term: int, **kw: Any) -> dict[str, Any]:
+    return {"op": "recovery.intent", "at": AT + 4, "notification_uuid": uid("n/" + label),
+            "step": step, "key": key, "term": term, **kw}
+
+
+def result(label: str, step: str, key: str, term: int, outcome: str = "done",
+           **kw: Any) -> dict[str, Any]:
+    return {"op": "recovery.result", "at": AT + 5, "notification_uuid": uid("n/" + label),
+            "step": step, "key": key, "term": term, "outcome": outcome, **kw}
+
+
 def ok(state: ClusterState, command: dict[str, Any]) -> Any:
     """Apply a command that must succeed; return its result."""
     answer = state.apply(command)
