@@ -16,6 +16,11 @@ node's config file, never to a recycled pid.
 (``hagent/lab/netns.py``, recorded in ``DIR/netns.json``); every endpoint binds the namespace's
 address, which the lab tooling reaches over the bridge, and the admin sockets stay files. Such a
 lab can be partitioned, healed and made to lose packets; ``down`` removes its network too.
+
+``Lab.up(..., libvirt=True)`` gives each lab host a simulated hypervisor: a libvirtd with the
+test driver of its own (``hagent/lab/libvirtd.py``, recorded in ``DIR/libvirtd.json``), which
+the host's agent's instance monitor watches (``LabNode.libvirt_uri``). A domain destroyed there
+becomes a VM notification from that host; ``down`` stops the libvirtds too.
 """
 from __future__ import annotations
 
@@ -35,7 +40,7 @@ from typing import Any, Callable, Iterable
 
 import psutil
 
-from hagent.lab import configs, power
+from hagent.lab import configs, libvirtd, power
 from hagent.lab.netns import ALL_LINKS, NetnsError, Network
 from hagent.lab.ports import PortPicker
 
@@ -78,14 +83,17 @@ class LabNode:
     forward_address: str = ""  # a voter's forward endpoint (non-voters connect to it)
     netns: str = ""            # the network namespace it runs in; "" on loopback
     gossip_address: str = ""   # its gossip socket (host:port)
+    libvirt_uri: str = ""      # its host's test-driver libvirtd; "" in a lab without libvirt
 
     @classmethod
-    def from_plan(cls, plan: configs.NodePlan, network: Network | None = None) -> LabNode:
+    def from_plan(cls, plan: configs.NodePlan, network: Network | None = None,
+                  libvirt: bool = False) -> LabNode:
         return cls(name=plan.name, pid=None, admin_socket=str(plan.admin_socket),
                    status_url=plan.status_url, voter=plan.voter, config=str(plan.config),
                    raft_address=plan.raft_address, log=str(plan.log),
                    forward_address=plan.forward_address, gossip_address=plan.gossip_address,
-                   netns=network.link(plan.name).netns if network else "")
+                   netns=network.link(plan.name).netns if network else "",
+                   libvirt_uri=plan.libvirt_uri if libvirt else "")
 
 
 def admin_call(socket_path: str | Path, verb: str, args: dict[str, Any] | None = None,
@@ -159,13 +167,15 @@ class Lab:
            timeout: float = READY_TIMEOUT, register: bool = True,
            config_extra: dict[str, dict[str, Any]] | None = None,
            env: dict[str, str] | None = None, picker: PortPicker | None = None,
-           netns: bool = False) -> Lab:
+           netns: bool = False, libvirt: bool = False) -> Lab:
         """Start ``nodes`` agents (the first ``voters`` vote), wait until all are ready,
         register segment ``lab`` and one host per agent. Raises LabError (after stopping what
         it started) if the agents are not ready within ``timeout`` seconds.
 
         ``netns``: each agent in its own network namespace (needs root), so ``partition``,
-        ``heal`` and ``loss`` work; its endpoints bind the namespace's address."""
+        ``heal`` and ``loss`` work; its endpoints bind the namespace's address.
+        ``libvirt``: a test-driver libvirtd per host, watched by its agent's instance monitor
+        (``config_extra["monitors"]`` may add to or override that)."""
         voters = configs.default_voters(nodes) if voters is None else voters
         configs.check_sizes(nodes, voters)
         lab_dir = Path(dir).resolve()
@@ -197,13 +207,17 @@ class Lab:
                                                ports[2 * voters:2 * voters + nodes],
                                                forward_ports=ports[voters:2 * voters],
                                                gossip_ports=ports[2 * voters + nodes:])
-                configs.write_node_files(plans, secret, config_extra)
-                lab = cls(lab_dir, [LabNode.from_plan(p, network) for p in plans])
+                configs.write_node_files(plans, secret, config_extra, libvirt=libvirt)
+                lab = cls(lab_dir, [LabNode.from_plan(p, network, libvirt) for p in plans])
                 lab._env = env
                 try:
                     power.start_switches(lab_dir, {p.name: p.power_socket for p in plans},
                                          lab._child_env())
-                except power.PowerError as exc:
+                    if libvirt:
+                        libvirtd.start_hosts(lab_dir, {p.name: (p.libvirt_dir,
+                                                                p.libvirt_socket_dir)
+                                                       for p in plans})
+                except (power.PowerError, libvirtd.LibvirtdError) as exc:
                     raise LabError(str(exc)) from None
                 for node in lab.nodes:
                     lab._spawn(node)
@@ -224,6 +238,7 @@ class Lab:
             if lab is not None:  # interrupted between spawning and waiting
                 lab._stop(lab.names, STOP_TIMEOUT)
             power.stop_switches(lab_dir)
+            libvirtd.stop_hosts(lab_dir)
             if network is not None and Network.load(lab_dir) is not None:
                 network.teardown()
             raise
@@ -237,6 +252,7 @@ class Lab:
         also one left by an `up` that died before it wrote ``lab.json``)."""
         if not (lab_dir / LAB_FILE).exists():
             power.stop_switches(lab_dir)
+            libvirtd.stop_hosts(lab_dir)
             Lab.remove_network(lab_dir)
             return
         old = Lab.load(lab_dir)
@@ -245,6 +261,7 @@ class Lab:
             raise LabError(f"a lab is already running in {lab_dir} ({', '.join(alive)}); "
                            f"run `hagent lab down --dir {lab_dir}` first")
         power.stop_switches(lab_dir)  # left by a lab whose agents all stopped
+        libvirtd.stop_hosts(lab_dir)
         for node in old.nodes:
             shutil.rmtree(Path(node.config).parent, ignore_errors=True)
         Lab.remove_network(lab_dir)
@@ -438,11 +455,12 @@ class Lab:
         self._stop([name], timeout)
 
     def down(self, timeout: float = STOP_TIMEOUT, purge: bool = False) -> None:
-        """Stop every agent (SIGTERM, SIGKILL after ``timeout``) and remove the lab network if
-        it has one. Configs, state and logs stay for debugging unless ``purge``, which deletes
-        the lab directory."""
+        """Stop every agent (SIGTERM, SIGKILL after ``timeout``) and the libvirtds, and remove
+        the lab network if it has one. Configs, state and logs stay for debugging unless
+        ``purge``, which deletes the lab directory."""
         self._stop(self.names, timeout)
         power.stop_switches(self.dir)
+        libvirtd.stop_hosts(self.dir)
         self.remove_network(self.dir)
         ports = []
         for node in self.nodes:

@@ -1,7 +1,8 @@
 """The lab's on-disk layout and the agent config files it writes.
 
 Per node ``DIR/<name>/``: ``hagent.toml``, ``node.key`` (its CURVE key pair, mode 0600),
-``state/`` (Raft journal, spool), ``run/`` (admin socket) and ``agent.log``; one shared
+``state/`` (Raft journal, spool), ``run/`` (admin socket), ``agent.log`` and, in a lab with
+libvirt, ``libvirt/`` (its host's test-driver libvirtd: ``hagent/lab/libvirtd.py``); one shared
 ``DIR/cluster.secret`` (mode 0600) that only the voters' configs name. The first ``voters``
 nodes are Raft voters, each with a forward endpoint; the others are
 non-voters that keep no Raft state and forward to the voters (every node's public key is in
@@ -76,6 +77,20 @@ class NodePlan:
         return power_socket_path(self.dir.parent, self.name)
 
     @property
+    def libvirt_dir(self) -> Path:
+        """Its simulated hypervisor (``lab up --libvirt``): libvirtd's config, pid file, log."""
+        return self.dir / "libvirt"
+
+    @property
+    def libvirt_socket_dir(self) -> Path:
+        return libvirt_socket_dir(self.dir.parent, self.name)
+
+    @property
+    def libvirt_uri(self) -> str:
+        """The test driver on its own libvirtd (hagent.lab.libvirtd)."""
+        return f"test+unix:///default?socket={self.libvirt_socket_dir / 'libvirt-sock'}"
+
+    @property
     def status_url(self) -> str:
         """Base URL of the status endpoint (append /status, /health, /leader, /metrics)."""
         return f"http://{self.status_bind}"
@@ -92,9 +107,23 @@ def admin_socket_path(lab_dir: Path, name: str, socket: str = "hagent.sock") -> 
     path = Path(lab_dir) / name / "run" / socket
     if len(os.fsencode(str(path))) <= MAX_SOCKET_PATH:
         return path
-    digest = hashlib.sha256(os.fsencode(str(Path(lab_dir).resolve()))).hexdigest()[:12]
     stem = name if socket == "hagent.sock" else f"{name}-{socket.removesuffix('.sock')}"
-    return Path(tempfile.gettempdir()) / f"hagent-lab-{digest}" / f"{stem}.sock"
+    return _short_dir(lab_dir) / f"{stem}.sock"
+
+
+def _short_dir(lab_dir: Path) -> Path:
+    """``/tmp/hagent-lab-<hash of DIR>``: where sockets go whose path in DIR is too long."""
+    digest = hashlib.sha256(os.fsencode(str(Path(lab_dir).resolve()))).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"hagent-lab-{digest}"
+
+
+def libvirt_socket_dir(lab_dir: Path, name: str) -> Path:
+    """The directory of ``name``'s libvirtd sockets: ``DIR/<name>/libvirt``, or a short one
+    under the temp dir when libvirtd's longest socket name would not fit there."""
+    path = Path(lab_dir) / name / "libvirt"
+    if len(os.fsencode(str(path / "libvirt-admin-sock"))) <= MAX_SOCKET_PATH:
+        return path
+    return _short_dir(lab_dir) / f"{name}-libvirt"
 
 
 def power_socket_path(lab_dir: Path, name: str) -> Path:
@@ -160,13 +189,15 @@ def default_voters(nodes: int) -> int:
 def node_config(plan: NodePlan, voter_addresses: list[str], secret: Path,
                 extra: dict[str, dict[str, Any]] | None = None, *,
                 forward_endpoints: list[str], public_keys: dict[str, str],
-                voter_keys: list[str], gossip_seeds: list[str]) -> dict[str, dict[str, Any]]:
+                voter_keys: list[str], gossip_seeds: list[str],
+                libvirt: bool = False) -> dict[str, dict[str, Any]]:
     """The TOML document (as nested dicts) for one lab agent; ``extra`` overrides per section.
 
     ``public_keys`` maps every node's name to its Z85 public key (every node's allow-list
     holds them all: gossip runs between all nodes); ``voter_keys`` are the voters' keys in
     ``voter_addresses`` order, and the voters' gossip addresses (``gossip_seeds``, same order)
-    are every node's seeds. Only a voter's config names the Raft secret.
+    are every node's seeds. Only a voter's config names the Raft secret. ``libvirt``: the
+    instance monitor watches the node's own simulated hypervisor (``plan.libvirt_uri``).
     """
     raft: dict[str, Any] = {"voters": list(voter_addresses)}
     if plan.voter:
@@ -186,6 +217,8 @@ def node_config(plan: NodePlan, voter_addresses: list[str], secret: Path,
         # agent stops seeing its lease renewals committed (docs/fencing.md).
         "fencing": {"watchdog_driver": "lab", "lab_power_socket": str(plan.power_socket)},
     }
+    if libvirt:
+        doc["monitors"] = {"instance_enabled": True, "libvirt_uri": plan.libvirt_uri}
     for section, values in (extra or {}).items():
         if not isinstance(values, dict):
             raise ValueError(f"config override [{section}] must be a table of keys")
@@ -216,7 +249,8 @@ def render_toml(doc: dict[str, dict[str, Any]]) -> str:
 
 
 def write_node_files(plans: list[NodePlan], secret: Path,
-                     extra: dict[str, dict[str, Any]] | None = None) -> None:
+                     extra: dict[str, dict[str, Any]] | None = None,
+                     libvirt: bool = False) -> None:
     """Create each node's directories, write its CURVE key pair (a new one each time) and its
     ``hagent.toml``."""
     from hagent.forward.keys import write_key_pair
@@ -234,7 +268,7 @@ def write_node_files(plans: list[NodePlan], secret: Path,
         text = render_toml(node_config(plan, voter_addresses, secret, extra,
                                        forward_endpoints=forward_endpoints,
                                        public_keys=public_keys, voter_keys=voter_keys,
-                                       gossip_seeds=gossip_seeds))
+                                       gossip_seeds=gossip_seeds, libvirt=libvirt))
         tmp = plan.config.with_suffix(".toml.tmp")
         tmp.write_text(text)
         os.replace(tmp, plan.config)

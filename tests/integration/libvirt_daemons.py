@@ -1,10 +1,8 @@
 """libvirtd instances the instance monitor tests start, each private to one test.
 
-- ``TestDriverLibvirtd``: libvirtd with only its built-in test driver (an empty
-  ``LIBVIRT_DRIVER_DIR``: ARCHITECTURE.md §7) on a socket in a fresh directory, URI
-  ``test+unix:///default?socket=...``. It can be SIGKILLed and started again on the same
-  socket. The test driver forgets every domain when its last client disconnects (and when
-  the daemon restarts); the tests only need domains while they hold a connection.
+- ``TestDriverLibvirtd``: libvirtd with only its built-in test driver on a socket in a fresh
+  directory, URI ``test+unix:///default?socket=...``; it lives in ``hagent/lab/libvirtd.py``
+  (the lab runs one per simulated host) and is re-exported here for the tests.
 - ``SessionQemuLibvirtd``: an unprivileged (session) libvirtd with the QEMU driver, run as
   ``nobody`` with HOME and the XDG directories in a fresh directory, so its domains, logs,
   virtlogd and QEMU processes are this test's alone (a second system libvirtd would share
@@ -26,9 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import libvirt
+from hagent.lab.libvirtd import TestDriverLibvirtd, can_connect
 
-from hagent.monitors import libvirt_events
+__all__ = ["SessionQemuLibvirtd", "TestDriverLibvirtd", "poll"]
 
 LIBVIRTD = "/usr/sbin/libvirtd"
 QEMU = "/usr/bin/qemu-system-x86_64"
@@ -82,58 +80,6 @@ def _stop_child(proc: subprocess.Popen, grace: float = 5.0) -> None:
         proc.wait()
 
 
-def _can_connect(uri: str) -> bool:
-    libvirt_events.ensure_running()  # libvirt's errors to the debug log, not stderr
-    try:
-        libvirt.open(uri).close()
-        return True
-    except libvirt.libvirtError:
-        return False
-
-
-class TestDriverLibvirtd:
-    """libvirtd with the test driver on a private socket; see the module docstring."""
-
-    __test__ = False  # not a pytest class
-
-    def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="hagent-im-"))
-        (self.dir / "no-drivers").mkdir()
-        self.conf = self.dir / "libvirtd.conf"
-        self.conf.write_text(f'unix_sock_dir = "{self.dir}"\n'
-                             'auth_unix_rw = "none"\nauth_unix_ro = "none"\n'
-                             'unix_sock_rw_perms = "0700"\nunix_sock_ro_perms = "0700"\n'
-                             'unix_sock_admin_perms = "0700"\n')
-        self.socket = self.dir / "libvirt-sock"
-        self.uri = f"test+unix:///default?socket={self.socket}"
-        self.log = self.dir / "libvirtd.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [LIBVIRTD, "--config", str(self.conf), "--pid-file", str(self.dir / "pid")],
-                env={**os.environ, "LIBVIRT_DRIVER_DIR": str(self.dir / "no-drivers")},
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True)
-        poll(lambda: _can_connect(self.uri), "libvirtd (test driver) accepting connections",
-             log=self.log)
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash: no goodbye to its clients."""
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            _stop_child(self.proc)
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 class SessionQemuLibvirtd:
     """An unprivileged libvirtd with the QEMU driver; see the module docstring."""
 
@@ -170,7 +116,7 @@ class SessionQemuLibvirtd:
                 ["setpriv", f"--reuid={self.USER}", "--regid=nogroup", "--clear-groups",
                  LIBVIRTD], env=self.env, cwd=self.dir, stdin=subprocess.DEVNULL,
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        poll(lambda: _can_connect(self.uri), "session libvirtd accepting connections",
+        poll(lambda: can_connect(self.uri), "session libvirtd accepting connections",
              log=self.log)
 
     def qemu_pid(self, name: str) -> int:
