@@ -52,6 +52,8 @@ def add_lab_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     up.add_argument("--netns", action="store_true",
                     help="one network namespace per agent on a bridge (root only), so that "
                          "partition, loss and heal work")
+    up.add_argument("--libvirt", action="store_true",
+                    help="a test-driver libvirtd per host, watched by its agent's instance monitor")
 
     status = with_dir(sub.add_parser("status", help="state, role and term of every agent"))
     status.add_argument("-f", "--format", choices=("table", "json"), default="table")
@@ -90,7 +92,8 @@ def lab_main(args: argparse.Namespace) -> int:
 
 def _up(args: argparse.Namespace) -> int:
     lab = Lab.up(args.dir, args.nodes, args.voters, timeout=args.timeout,
-                 register=not args.no_register, netns=args.netns)
+                 register=not args.no_register, netns=args.netns,
+                 libvirt=args.libvirt)
     print(f"lab up in {lab.dir}: {', '.join(lab.names)} ready; leader {lab.leader()}")
     print(f"  hagentctl --socket {lab.nodes[0].admin_socket} status")
     print(f"  curl {lab.nodes[0].status_url}/status")
