@@ -222,36 +222,51 @@ def figures(per_run: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_hagent(runs: int) -> dict[str, Any]:
+    """``runs`` kills against a fresh lab. A run whose victim does not come back (or whose
+    incident does not close) ends the phase: the figures so far are kept, ``error`` says
+    what happened, and the lab directory (agent logs) is kept for a look."""
     config_extra = {"logging": {"level": "WARNING"}, "detection": {"up_damping": UP_DAMPING}}
     d = Path(tempfile.mkdtemp(prefix="hdl-"))
     lab = Lab.up(d, nodes=NODES, voters=VOTERS, netns=True, config_extra=config_extra)
+    per_run: list[dict[str, Any]] = []
+    error = None
     try:
         _until("every node sees all five alive", lambda: all_alive(lab), 60)
         offset = time.time() - time.monotonic()
-        per_run = []
         for i in range(runs):
             victim, kind = pick_victim(lab, i)
             r = one_run(lab, victim, kind, offset)
-            r["recover_s"] = recover(lab, victim)
             per_run.append(r)
+            try:
+                r["recover_s"] = recover(lab, victim)
+            except (RuntimeError, LabError) as exc:
+                views = {n: _states(lab, n) for n in lab.names}
+                error = f"run {i + 1} ({victim}): {exc}; views then: {views}; logs kept in {d}"
+                print(f"  hagent: {error}", flush=True)
+                break
             print(f"  hagent run {i + 1}/{runs}: killed {victim} ({kind}): STOPPED proposed "
                   f"{r['stopped_created_s']} s, seen committed {r['stopped_poll_s']} s on "
                   f"{r.get('stopped_seen_on')}; dead on every survivor {r['gossip_dead_all_s']} s; "
                   f"back and incident closed in {r['recover_s']} s", flush=True)
-        knobs = MembershipKnobs()
-        return {"system": "hagent", "runs": runs, "nodes": NODES, "voters": VOTERS,
-                "config_extra": config_extra,
-                "config_note": "detection.up_damping shortened from 30 s to 2 s for this "
-                               "benchmark only (recovery between runs); not on the detection path",
-                "poll_interval_s": POLL,
-                "floor_s": round(knobs.probe_interval + knobs.suspicion_min_timeout(NODES), 3),
-                "floor_note": "probe_interval + minimum suspicion timeout at 5 nodes "
-                              "(hagent/membership/knobs.py): the earliest possible dead verdict, "
-                              "chosen so a 3 s pause is never declared dead",
-                "per_run": per_run, **figures(per_run)}
     finally:
         lab.down()
-        shutil.rmtree(d, ignore_errors=True)
+        if error is None:
+            shutil.rmtree(d, ignore_errors=True)
+    knobs = MembershipKnobs()
+    doc: dict[str, Any] = {
+        "system": "hagent", "runs": len(per_run), "nodes": NODES, "voters": VOTERS,
+        "config_extra": config_extra,
+        "config_note": "detection.up_damping shortened from 30 s to 2 s for this benchmark "
+                       "only (recovery between runs); not on the detection path",
+        "poll_interval_s": POLL,
+        "floor_s": round(knobs.probe_interval + knobs.suspicion_min_timeout(NODES), 3),
+        "floor_note": "probe_interval + minimum suspicion timeout at 5 nodes "
+                      "(hagent/membership/knobs.py): the earliest possible dead verdict, "
+                      "chosen so a 3 s pause is never declared dead",
+        "per_run": per_run, **figures(per_run)}
+    if error is not None:
+        doc["error"] = error
+    return doc
 
 
 def unscoped_bridge_rules() -> list[str]:
@@ -326,8 +341,9 @@ def run(quick: bool = False, *, runs: int | None = None, corosync_runs: int | No
         coro = {"skipped": "not asked for (--no-corosync)"}
     # On the poll figure: a commit seen, never earlier than the commit itself.
     stopped = hag.get("stopped_poll_s") or {}
+    complete = not hag["failed_runs"] and "error" not in hag
     goals = {"stopped_committed_p99_s": common.goal(
-        stopped.get("p99") if not hag["failed_runs"] else None, "<=", GOAL_P99_S, "s")}
+        stopped.get("p99") if complete else None, "<=", GOAL_P99_S, "s")}
     doc: dict[str, Any] = {
         "quick": quick, "background_before": background,
         "what": {
@@ -414,8 +430,9 @@ def main(argv: list[str] | None = None) -> int:
     if any(doc["foreign_unscoped_bridge_rules"].values()):
         print(f"  WARNING: another lab's unscoped nftables rules hit every bridge: "
               f"{doc['foreign_unscoped_bridge_rules']}")
-    if "error" in doc["corosync"]:
-        print(f"  corosync failed: {doc['corosync']['error']}")
+    for system in ("hagent", "corosync"):
+        if "error" in doc[system]:
+            print(f"  {system} stopped early: {doc[system]['error']}")
     print(f"  ({doc['run_time_s']:.0f} s)")
     common.report(NAME, doc, write=not args.no_save)
     return 0
