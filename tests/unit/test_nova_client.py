@@ -2,7 +2,7 @@
 
 The client is driven here with a stand-in for openstacksdk's compute proxy (a plain object
 with the proxy's method names); the real openstacksdk against the Nova simulator over HTTP
-is tests/integration/test_nova_client.py.
+is tests/integration/test_nova_client_sim.py.
 """
 from __future__ import annotations
 
