@@ -142,8 +142,10 @@ def rules(links: list[NodeLink], faults: Faults) -> list[str]:
         # numgen's range is 0-99: "< 100" is no valid rule, 100 % is a plain drop.
         chance = "" if pct >= 100 else f" numgen random mod 100 < {pct}"
         if pct > 0 and name == ALL_LINKS:
-            # One draw per frame between any two nodes: every link loses exactly pct %.
-            out.append(f"{chance.strip()} drop".strip())
+            # One draw per frame between two of this lab's nodes: every link loses exactly
+            # pct %. Scoped to the lab's veths: a bridge table sees every bridge's frames.
+            every = names(sorted(veth))
+            out.append(f"iifname {every} oifname {every}{chance} drop")
         elif pct > 0:
             out.append(f'iifname "{veth[name]}"{chance} drop')
             out.append(f'oifname "{veth[name]}"{chance} drop')

@@ -94,6 +94,8 @@ def agents(tmp_path):
             "gossip": {"bind": gossip[i], "seeds": gossip[:VOTERS], "seed_keys": voter_keys},
             "admin": {"socket": str(d / "run" / "hagent.sock")},
             "status": {"bind": status[i]},
+            # Gossip alone is under test: no watchdog (this machine has none).
+            "fencing": {"watchdog_mode": "off", "unsafe_no_fencing": True},
         }
         (d / "hagent.toml").write_text(toml(doc))
         node = Node(name, d, f"http://{status[i]}", d / "run" / "hagent.sock")
