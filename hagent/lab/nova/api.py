@@ -438,7 +438,7 @@ class NovaApp:
 
     def list_services(self, r: Request) -> Reply:
         assert r.ctx is not None
-        NovaModel._require_admin(r.ctx, "os_compute_api:os-services:list")
+        NovaModel.require_admin(r.ctx, "os_compute_api:os-services:list")
         out = [views.service(self.model, s, r.mv, r.now) for s in self.model.services()
                if r.query.get("host", s["host"]) == s["host"]
                and r.query.get("binary", s["binary"]) == s["binary"]]
@@ -446,7 +446,7 @@ class NovaApp:
 
     def update_service(self, r: Request) -> Reply:
         assert r.ctx is not None
-        NovaModel._require_admin(r.ctx, "os_compute_api:os-services:update")
+        NovaModel.require_admin(r.ctx, "os_compute_api:os-services:update")
         body = r.body if isinstance(r.body, dict) else {}
         if r.mv >= (2, 53):
             return self._update_service_v253(r, body)
@@ -506,7 +506,7 @@ class NovaApp:
 
     def _hypervisor_list(self, r: Request) -> list[Any]:
         assert r.ctx is not None
-        NovaModel._require_admin(r.ctx, "os_compute_api:os-hypervisors:list")
+        NovaModel.require_admin(r.ctx, "os_compute_api:os-hypervisors:list")
         hosts = list(self.model.hosts.values())
         pattern = r.query.get("hypervisor_hostname_pattern")
         if pattern:
@@ -540,7 +540,7 @@ class NovaApp:
         if detail:
             items = [views.flavor(f, r.mv, self.compute_url) for f in flavors]
         else:
-            items = [{"id": f.id, "name": f.name, "links": views._link(self.compute_url,
+            items = [{"id": f.id, "name": f.name, "links": views.link(self.compute_url,
                                                                        "flavors", f.id)}
                      | ({"description": f.description} if r.mv >= (2, 55) else {})
                      for f in flavors]
@@ -556,7 +556,7 @@ class NovaApp:
 
     def list_aggregates(self, r: Request) -> Reply:
         assert r.ctx is not None
-        NovaModel._require_admin(r.ctx, "os_compute_api:os-aggregates:index")
+        NovaModel.require_admin(r.ctx, "os_compute_api:os-aggregates:index")
         return Reply(200, {"aggregates": [views.aggregate(self.model, a, r.mv) for a in
                                           sorted(self.model.aggregates.values(),
                                                  key=lambda a: a.id)]})
@@ -606,7 +606,7 @@ class NovaApp:
 
     def list_migrations(self, r: Request) -> Reply:
         assert r.ctx is not None
-        NovaModel._require_admin(r.ctx, "os_compute_api:os-migrations:index")
+        NovaModel.require_admin(r.ctx, "os_compute_api:os-migrations:index")
         migs = [m for m in self.model.migrations
                 if r.query.get("instance_uuid", m.instance) == m.instance
                 and r.query.get("source_compute", m.source) == m.source

@@ -696,7 +696,7 @@ class NovaModel:
     # --- servers: actions -----------------------------------------------------------------
 
     @staticmethod
-    def _require_admin(ctx: Context, policy: str) -> None:
+    def require_admin(ctx: Context, policy: str) -> None:
         if not ctx.is_admin:
             raise NovaError(403, f"Policy doesn't allow {policy} to be performed.")
 
@@ -731,7 +731,7 @@ class NovaModel:
     def _evacuate(self, ctx: Context, server_id: str, now: float, request_id: str,
                   microversion: tuple[int, int], host: str | None, force: bool) -> None:
         server = self.server(ctx, server_id)
-        self._require_admin(ctx, "os_compute_api:os-evacuate")
+        self.require_admin(ctx, "os_compute_api:os-evacuate")
         if force and not host:
             raise NovaError(400, "Can't force to a non-provided destination")
         if host is not None and host not in self.hosts:
@@ -887,7 +887,7 @@ class NovaModel:
         not touched. A transition under way then finds its task_state gone and stops."""
         with self.lock:
             server = self.server(ctx, server_id)
-            self._require_admin(ctx, "os_compute_api:os-admin-actions:reset_state")
+            self.require_admin(ctx, "os_compute_api:os-admin-actions:reset_state")
             if state not in (st.ACTIVE, st.ERROR):
                 raise NovaError(400, f"Invalid input for field/attribute state. Value: "
                                      f"{state}. '{state}' is not one of ['active', 'error']")
@@ -924,7 +924,7 @@ class NovaModel:
     # --- aggregates -----------------------------------------------------------------------
 
     def aggregate(self, ctx: Context, ident: str | int) -> Aggregate:
-        self._require_admin(ctx, "os_compute_api:os-aggregates:show")
+        self.require_admin(ctx, "os_compute_api:os-aggregates:show")
         for aggregate in self.aggregates.values():
             if str(ident) in (str(aggregate.id), aggregate.uuid):
                 return aggregate
@@ -932,7 +932,7 @@ class NovaModel:
 
     def create_aggregate(self, ctx: Context, name: str, az: str | None, now: float) -> Aggregate:
         with self.lock:
-            self._require_admin(ctx, "os_compute_api:os-aggregates:create")
+            self.require_admin(ctx, "os_compute_api:os-aggregates:create")
             if not name or len(name) > 255:
                 raise NovaError(400, "Invalid input for field/attribute name.")
             if any(a.name == name for a in self.aggregates.values()):

@@ -12,13 +12,13 @@ from hagent.lab.nova.versions import Version
 _PROGRESS_STATUSES = {"ACTIVE", "BUILD", "REBUILD", "RESIZE", "VERIFY_RESIZE", "MIGRATING"}
 
 
-def _link(base: str, collection: str, ident: str) -> list[dict[str, str]]:
+def link(base: str, collection: str, ident: str) -> list[dict[str, str]]:
     return [{"rel": "self", "href": f"{base}/v2.1/{collection}/{ident}"},
             {"rel": "bookmark", "href": f"{base}/{collection}/{ident}"}]
 
 
 def server_brief(server: Server, base: str) -> dict[str, Any]:
-    return {"id": server.id, "name": server.name, "links": _link(base, "servers", server.id)}
+    return {"id": server.id, "name": server.name, "links": link(base, "servers", server.id)}
 
 
 def server(model: NovaModel, srv: Server, ctx: Context, mv: Version, base: str,
@@ -30,10 +30,10 @@ def server(model: NovaModel, srv: Server, ctx: Context, mv: Version, base: str,
         "id": srv.id, "name": srv.name, "status": srv.status,
         "tenant_id": srv.project_id, "user_id": srv.user_id,
         "metadata": dict(srv.metadata), "hostId": host_id,
-        "image": {"id": srv.image_id, "links": _link(base, "images", srv.image_id)},
+        "image": {"id": srv.image_id, "links": link(base, "images", srv.image_id)},
         "created": model.iso(srv.created), "updated": model.iso(srv.updated),
         "addresses": {}, "accessIPv4": "", "accessIPv6": "",
-        "links": _link(base, "servers", srv.id), "OS-DCF:diskConfig": "MANUAL",
+        "links": link(base, "servers", srv.id), "OS-DCF:diskConfig": "MANUAL",
         "OS-EXT-AZ:availability_zone": (model.host_az(srv.host) if srv.host
                                         else srv.availability_zone or ""),
         "config_drive": "", "key_name": srv.key_name,
@@ -50,7 +50,7 @@ def server(model: NovaModel, srv: Server, ctx: Context, mv: Version, base: str,
                           "ephemeral": f.ephemeral, "swap": f.swap,
                           "original_name": f.name, "extra_specs": dict(f.extra_specs)}
     else:
-        body["flavor"] = {"id": srv.flavor.id, "links": _link(base, "flavors", srv.flavor.id)}
+        body["flavor"] = {"id": srv.flavor.id, "links": link(base, "flavors", srv.flavor.id)}
     if srv.status in _PROGRESS_STATUSES:
         body["progress"] = 0
     if srv.status == "ERROR" and srv.fault:
@@ -146,7 +146,7 @@ def flavor(f: Flavor, mv: Version, base: str) -> dict[str, Any]:
         "OS-FLV-EXT-DATA:ephemeral": f.ephemeral,
         "swap": f.swap if (f.swap or mv >= (2, 75)) else "",
         "rxtx_factor": 1.0, "os-flavor-access:is_public": f.is_public,
-        "OS-FLV-DISABLED:disabled": False, "links": _link(base, "flavors", f.id)}
+        "OS-FLV-DISABLED:disabled": False, "links": link(base, "flavors", f.id)}
     if mv >= (2, 55):
         body["description"] = f.description
     if mv >= (2, 61):
