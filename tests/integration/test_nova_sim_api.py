@@ -314,6 +314,7 @@ def test_the_module_runs_as_a_process_with_a_clouds_yaml(tmp_path):
         conn = NovaSim.attach(tmp_path).connect()
         assert sorted(s.host for s in conn.compute.services(binary="nova-compute")) == ["a", "b"]
         assert sim.boot(n_ha=1)["ha"]
+        NovaSim.attach(tmp_path).stop()  # by its recorded pid, as another process would
+        assert not (tmp_path / "nova.json").exists()  # removed on its clean exit
     finally:
         sim.stop()
-    assert not (tmp_path / "nova.json").exists()

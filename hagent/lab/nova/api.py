@@ -187,6 +187,9 @@ class NovaApp:
             request.match = match
             try:
                 with self.model.lock:
+                    # now, under the lock: no step the ticker ran can be later than it
+                    request.now = time.monotonic()
+                    self.model.advance(request.now)
                     return handler(request)
             except NovaError as exc:
                 return compute_error(exc.status, exc.message)

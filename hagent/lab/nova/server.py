@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import psutil
 import yaml
 
 from hagent.lab.nova import identity as ks
@@ -160,6 +161,7 @@ class NovaServer:
                 "interface": "public"}
         _write_private(directory / CLOUDS_FILE, yaml.safe_dump(clouds, sort_keys=False))
         record = {"url": self.url, "port": self.port, "pid": os.getpid(),
+                  "created": psutil.Process().create_time(),
                   "auth_url": self.auth_url, "cloud": cloud,
                   "clouds_yaml": str(directory / CLOUDS_FILE), "hosts": list(self.model.hosts),
                   "secret": self.secret, "timings": asdict(self.model.timings),

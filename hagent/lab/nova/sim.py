@@ -28,6 +28,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
+import psutil
+
 from hagent.lab.nova.model import HostSpec, Timings
 from hagent.lab.nova.server import CLOUDS_FILE, DEFAULT_CLOUD, STATE_FILE, NovaServer
 
@@ -124,11 +126,16 @@ class NovaSim:
                 self._process.kill()
                 self._process.wait(timeout)
             self._process = None
-        else:
+        else:  # started elsewhere: its recorded pid, if that is still the same process
             try:
-                os.kill(int(self.record["pid"]), signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+                proc = psutil.Process(int(self.record["pid"]))
+                if proc.create_time() == self.record.get("created"):
+                    proc.send_signal(signal.SIGTERM)
+                    proc.wait(timeout)
+            except psutil.TimeoutExpired:
+                proc.kill()
+            except psutil.Error:
+                pass  # already gone
 
     @property
     def server(self) -> NovaServer | None:
