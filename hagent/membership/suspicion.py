@@ -23,12 +23,10 @@ def suspicion_timeout(confirmations: int, k: int, min_timeout: float, max_timeou
 class Suspicion:
     """One member's suspicion: who accused it, who confirmed, and when it expires.
 
-    Only a *witness* (a member whose own probe of the suspect failed) runs the Lifeguard
-    timer. A member that merely heard the accusation waits the maximum timeout, as a backstop:
-    the witnesses' verdict reaches it by gossip long before. This keeps the safety of short
-    timeouts local: the few witnesses probed the suspect, so when a paused suspect resumes
-    it answers their queued probes at once and they hear from it (see swim.py), while the
-    refutation may need a few gossip rounds to reach everyone else.
+    ``witnessed`` records whether our own probe of the suspect failed. The timer is the same
+    for everyone; what the caller does when it expires differs: a member that only heard the
+    accusation probes the suspect itself first (swim.py), so no member declares another dead
+    on hearsay alone.
     """
 
     __slots__ = ("incarnation", "start", "k", "min_timeout", "max_timeout", "accusers",
@@ -62,9 +60,8 @@ class Suspicion:
         return True
 
     def witness(self) -> None:
-        """Our own probe failed too: from now on the Lifeguard timeout applies to us."""
+        """Our own probe of the suspect failed too."""
         self.witnessed = True
-        self._update()
 
     def postpone(self, not_before: float) -> None:
         """Never expire before ``not_before`` (this member was stalled, or heard from the
@@ -73,9 +70,6 @@ class Suspicion:
         self._update()
 
     def _update(self) -> None:
-        if self.witnessed:
-            timeout = suspicion_timeout(self.confirmations, self.k, self.min_timeout,
-                                        self.max_timeout)
-        else:
-            timeout = self.max_timeout
+        timeout = suspicion_timeout(self.confirmations, self.k, self.min_timeout,
+                                    self.max_timeout)
         self.deadline = max(self.start + timeout, self.not_before)

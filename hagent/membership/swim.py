@@ -397,6 +397,13 @@ class Membership:
                 return m
         return None
 
+    def _enter_probe_order(self, name: str) -> None:
+        """Give a newcomer (or a member back from dead) a random place in what is left of the
+        current cycle, so it is probed within this cycle, not only after the next reshuffle
+        (memberlist inserts newcomers at a random place too)."""
+        pos = self._rng.randrange(self._order_index, len(self._order) + 1)
+        self._order.insert(pos, name)
+
     def _start_probe(self, m: Member, now: float, out: Output) -> None:
         self._seq += 1
         probe = _Probe(self._seq, m.name, now + self._awareness.scale(self.knobs.probe_timeout))
@@ -488,7 +495,7 @@ class Membership:
             self._members[a.name] = m
             self._by_address[a.address] = a.name
             self._live.add(a.name)
-            self._order.insert(self._rng.randrange(len(self._order) + 1), a.name)
+            self._enter_probe_order(a.name)
             out.events.append(MemberAlive(a.name, a.address, a.incarnation, dict(a.meta)))
             if gossip_new:
                 self._queue.queue(a)
@@ -519,6 +526,9 @@ class Membership:
             self._suspects.discard(a.name)
             self._dead.discard(a.name)
             self._live.add(a.name)
+            if old_state != SUSPECT:
+                # Back from dead: the round robin may have skipped it this cycle.
+                self._enter_probe_order(a.name)
             out.events.append(MemberAlive(a.name, a.address, a.incarnation, dict(a.meta)))
         elif changed:
             out.events.append(MemberUpdated(a.name, a.address, dict(a.meta), a.incarnation))
@@ -539,12 +549,10 @@ class Membership:
         if m.state == SUSPECT and m.suspicion is not None:
             m.incarnation = s.incarnation
             sus = m.suspicion
-            before = sus.deadline
-            if s.source == self.name and not sus.witnessed:
+            if s.source == self.name:
                 sus.witness()
             if sus.confirm(s.source):
                 self._queue.queue(s)
-            if sus.deadline != before:
                 self._push(sus.deadline, _T_SUSPICION, m)
             return
         k = self.knobs
@@ -571,16 +579,15 @@ class Membership:
 
     def _suspicion_expired(self, m: Member, now: float, out: Output) -> None:
         s = m.suspicion
-        if (m.last_heard is not None and m.last_heard >= s.heard_since
-                and now < s.start + s.max_timeout):
-            # It spoke to us while suspected: it runs, but may not know it is suspected (its
-            # refutation has not reached us). Probe it (the ping carries the suspicion, so it
-            # refutes straight to us) and give that one probe interval; a member that keeps
-            # talking but never refutes is judged at the maximum timeout.
+        heard = m.last_heard is not None and m.last_heard >= s.heard_since
+        if (heard or not s.witnessed) and now < s.start + s.max_timeout:
+            # No verdict on hearsay, nor against a member that spoke to us while suspected
+            # (it runs, but its refutation has not reached us). Probe it: the ping carries the
+            # suspicion, so a live suspect refutes straight to us; a failed probe makes us a
+            # witness and the (already expired) timer then declares it dead.
             self._counters["verdicts_deferred"] += 1
             s.heard_since = now
-            s.postpone(min(now + self._awareness.scale(self.knobs.probe_deadline()),
-                           s.start + s.max_timeout))
+            s.postpone(now + self._awareness.scale(self.knobs.probe_deadline()))
             self._push(s.deadline, _T_SUSPICION, m)
             if m.name not in self._probing:
                 self._start_probe(m, now, out)
@@ -600,8 +607,10 @@ class Membership:
                 self._remind(d.source, out)
             return
         m = self._members.get(d.name)
-        if m is None or m.state not in LIVE_STATES or d.incarnation < m.incarnation:
+        if m is None or m.state not in LIVE_STATES:
             return
+        if d.incarnation < m.incarnation:
+            return   # the declarer missed the member's latest Alive: no verdict on this life
         left = d.source == d.name
         m.state = LEFT if left else DEAD
         m.state_since = now

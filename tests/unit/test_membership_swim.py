@@ -307,21 +307,53 @@ def test_tick_is_idempotent_and_moves_the_deadline_past_now() -> None:
     assert m.next_deadline() > d
 
 
-def test_only_witnesses_run_the_short_timer() -> None:
-    net = Net(NAMES)
-    me = net.nodes["n0"]
-    # n0 hears an accusation of n1 but never probes it itself (the rng may pick it to, so
-    # make it a pure listener: n1 answers everything).
-    me.receive(Gossip("n2", "n2", (Suspect("n1", 0, "n2"),)), net.now)
-    row = {r.name: r for r in me.members(net.now)}["n1"]
-    assert row.state == "suspect"
-    max_timeout = KNOBS.suspicion_min_timeout(6) * KNOBS.suspicion_max_timeout_mult
-    assert row.suspect_deadline_in == pytest.approx(max_timeout)
-    # Its own probe fails: it is now a witness and the Lifeguard timeout applies.
-    me.peer_unreachable("n1", net.now)
-    row = {r.name: r for r in me.members(net.now)}["n1"]
-    assert row.suspect_deadline_in < max_timeout
-    assert row.confirmations == 1
+def answer(me: Membership, out, now: float, yes: Callable[[Ping], bool]) -> list:
+    """The events of ``out``, after acking the pings in it that ``yes`` accepts."""
+    events = list(out.events)
+    for _, msg in out.messages:
+        if isinstance(msg, Ping) and yes(msg):
+            events += answer(me, me.receive(Ack(msg.target, msg.target, msg.seq), now + LATENCY),
+                             now + LATENCY, yes)
+    return events
+
+
+def run_lone(me: Membership, until: float, yes: Callable[[Ping], bool] = lambda m: False):
+    """Tick a lone node until ``until``, acking the pings ``yes`` accepts; returns events."""
+    events = []
+    while me.next_deadline() <= until:
+        now = me.next_deadline()
+        events += answer(me, me.tick(now), now, yes)
+    return events
+
+
+def test_no_verdict_on_hearsay_the_listener_probes_first() -> None:
+    me = lone_node_with_peers(8)
+    t0 = 1.0
+    accusations = tuple(Suspect("p1", 0, src) for src in ("p2", "p3", "p4", "p5"))
+    answer(me, me.receive(Gossip("p2", "p2", accusations), t0), t0, lambda m: True)
+    row = {r.name: r for r in me.members(t0)}["p1"]
+    assert row.state == "suspect" and row.confirmations == 3
+    expiry = t0 + row.suspect_deadline_in
+    # p1 (like everyone) answers every ping: the listener never declares it dead.
+    events = run_lone(me, expiry + 3.0, lambda m: True)
+    assert not [e for e in events if isinstance(e, MemberDead) and e.name == "p1"]
+    assert me.counters["verdicts_deferred"] >= 2
+    # p1 goes silent: the next check fails, the listener is now a witness and declares it.
+    events = run_lone(me, expiry + 3.0 + 2 * KNOBS.probe_deadline() + 0.01,
+                      lambda m: m.target != "p1")
+    dead = [e for e in events if isinstance(e, MemberDead) and e.name == "p1"]
+    assert dead and dead[0].source == "a"
+
+
+def test_witness_timer_shrinks_with_confirmations() -> None:
+    me = lone_node_with_peers(8)
+    me.peer_unreachable("p1", 1.0)                      # our own evidence: a witness
+    first = {r.name: r for r in me.members(1.0)}["p1"].suspect_deadline_in
+    me.receive(Gossip("p2", "p2", (Suspect("p1", 0, "p2"), Suspect("p1", 0, "p3"))), 1.0)
+    second = {r.name: r for r in me.members(1.0)}["p1"].suspect_deadline_in
+    assert second < first
+    events = run_lone(me, 1.0 + second + 0.01)
+    assert [e for e in events if isinstance(e, MemberDead) and e.name == "p1"]
 
 
 def test_stale_accusation_gets_the_current_incarnation_back() -> None:
