@@ -54,6 +54,10 @@ def add_lab_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
                          "partition, loss and heal work")
     up.add_argument("--libvirt", action="store_true",
                     help="a test-driver libvirtd per host, watched by its agent's instance monitor")
+    up.add_argument("--nova", action="store_true",
+                    help="the Nova simulator, one compute host per agent; writes DIR/clouds.yaml")
+    up.add_argument("--instances", type=int, default=0, metavar="M",
+                    help="with --nova: boot M instances, three in four HA (default 0)")
 
     status = with_dir(sub.add_parser("status", help="state, role and term of every agent"))
     status.add_argument("-f", "--format", choices=("table", "json"), default="table")
@@ -93,7 +97,7 @@ def lab_main(args: argparse.Namespace) -> int:
 def _up(args: argparse.Namespace) -> int:
     lab = Lab.up(args.dir, args.nodes, args.voters, timeout=args.timeout,
                  register=not args.no_register, netns=args.netns,
-                 libvirt=args.libvirt)
+                 libvirt=args.libvirt, nova=args.nova, instances=args.instances)
     print(f"lab up in {lab.dir}: {', '.join(lab.names)} ready; leader {lab.leader()}")
     print(f"  hagentctl --socket {lab.nodes[0].admin_socket} status")
     print(f"  curl {lab.nodes[0].status_url}/status")

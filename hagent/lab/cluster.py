@@ -41,6 +41,8 @@ from typing import Any, Callable, Iterable
 import psutil
 
 from hagent.lab import configs, libvirtd, power
+from hagent.lab.nova import NovaSim
+from hagent.lab.nova.sim import NovaSimError
 from hagent.lab.netns import ALL_LINKS, NetnsError, Network
 from hagent.lab.ports import PortPicker
 
@@ -167,7 +169,8 @@ class Lab:
            timeout: float = READY_TIMEOUT, register: bool = True,
            config_extra: dict[str, dict[str, Any]] | None = None,
            env: dict[str, str] | None = None, picker: PortPicker | None = None,
-           netns: bool = False, libvirt: bool = False) -> Lab:
+           netns: bool = False, libvirt: bool = False, nova: bool = False,
+           instances: int = 0, nova_timings: Any = None) -> Lab:
         """Start ``nodes`` agents (the first ``voters`` vote), wait until all are ready,
         register segment ``lab`` and one host per agent. Raises LabError (after stopping what
         it started) if the agents are not ready within ``timeout`` seconds.
@@ -175,7 +178,12 @@ class Lab:
         ``netns``: each agent in its own network namespace (needs root), so ``partition``,
         ``heal`` and ``loss`` work; its endpoints bind the namespace's address.
         ``libvirt``: a test-driver libvirtd per host, watched by its agent's instance monitor
-        (``config_extra["monitors"]`` may add to or override that)."""
+        (``config_extra["monitors"]`` may add to or override that).``nova``: the lab's Nova simulator (``hagent.lab.nova``), one simulated compute host
+        per agent, powered by the agents' power switches; it writes ``DIR/clouds.yaml`` and
+        the agents recover through it. ``instances``: boot that many, three in four with
+        metadata HA_Enabled=True, spread over the hosts. ``nova_timings``: its
+        ``Timings`` (default: close to real Nova's).
+        """
         voters = configs.default_voters(nodes) if voters is None else voters
         configs.check_sizes(nodes, voters)
         lab_dir = Path(dir).resolve()
@@ -207,7 +215,8 @@ class Lab:
                                                ports[2 * voters:2 * voters + nodes],
                                                forward_ports=ports[voters:2 * voters],
                                                gossip_ports=ports[2 * voters + nodes:])
-                configs.write_node_files(plans, secret, config_extra, libvirt=libvirt)
+                configs.write_node_files(plans, secret, config_extra, libvirt=libvirt,
+                                         nova=nova)
                 lab = cls(lab_dir, [LabNode.from_plan(p, network, libvirt) for p in plans])
                 lab._env = env
                 try:
@@ -217,7 +226,10 @@ class Lab:
                         libvirtd.start_hosts(lab_dir, {p.name: (p.libvirt_dir,
                                                                 p.libvirt_socket_dir)
                                                        for p in plans})
-                except (power.PowerError, libvirtd.LibvirtdError) as exc:
+                    if nova:
+                        NovaSim.start(lab_dir, [p.name for p in plans], in_process=False,
+                                      lab_dir=lab_dir, timings=nova_timings)
+                except (power.PowerError, libvirtd.LibvirtdError, NovaSimError) as exc:
                     raise LabError(str(exc)) from None
                 for node in lab.nodes:
                     lab._spawn(node)
@@ -237,6 +249,7 @@ class Lab:
         except BaseException:
             if lab is not None:  # interrupted between spawning and waiting
                 lab._stop(lab.names, STOP_TIMEOUT)
+            _stop_nova(lab_dir)
             power.stop_switches(lab_dir)
             libvirtd.stop_hosts(lab_dir)
             if network is not None and Network.load(lab_dir) is not None:
@@ -244,13 +257,26 @@ class Lab:
             raise
         if register:
             lab.register(timeout=timeout)
+        if nova and instances:
+            ha = (3 * instances + 3) // 4
+            lab.nova.boot(n_ha=ha, n_non_ha=instances - ha, hosts=lab.names, wait=60.0)
         return lab
+
+    @property
+    def nova(self) -> NovaSim:
+        """The lab's Nova simulator (``lab up --nova``); LabError if it has none."""
+        try:
+            return NovaSim.attach(self.dir)
+        except (OSError, NovaSimError) as exc:
+            raise LabError(f"the lab in {self.dir} has no Nova simulator ({exc}); start one "
+                           f"with `hagent lab up --nova`") from None
 
     @staticmethod
     def _clear_previous(lab_dir: Path) -> None:
         """Refuse to start over a running lab; wipe the state of a stopped one (and its network,
         also one left by an `up` that died before it wrote ``lab.json``)."""
         if not (lab_dir / LAB_FILE).exists():
+            _stop_nova(lab_dir)
             power.stop_switches(lab_dir)
             libvirtd.stop_hosts(lab_dir)
             Lab.remove_network(lab_dir)
@@ -260,7 +286,8 @@ class Lab:
         if alive:
             raise LabError(f"a lab is already running in {lab_dir} ({', '.join(alive)}); "
                            f"run `hagent lab down --dir {lab_dir}` first")
-        power.stop_switches(lab_dir)  # left by a lab whose agents all stopped
+        _stop_nova(lab_dir)  # left by a lab whose agents all stopped
+        power.stop_switches(lab_dir)
         libvirtd.stop_hosts(lab_dir)
         for node in old.nodes:
             shutil.rmtree(Path(node.config).parent, ignore_errors=True)
@@ -459,6 +486,7 @@ class Lab:
         the lab network if it has one. Configs, state and logs stay for debugging unless
         ``purge``, which deletes the lab directory."""
         self._stop(self.names, timeout)
+        _stop_nova(self.dir)
         power.stop_switches(self.dir)
         libvirtd.stop_hosts(self.dir)
         self.remove_network(self.dir)
@@ -680,3 +708,13 @@ class Lab:
             if "Address already in use" in last_run:
                 found.append(f"{node.name}: address already in use")
         return found
+
+
+def _stop_nova(lab_dir: Path) -> None:
+    """Stop the lab's Nova simulator, if it has one running (its record is DIR/nova.json)."""
+    if (lab_dir / "nova.json").exists():
+        try:
+            NovaSim.attach(lab_dir).stop()
+        except NovaSimError:
+            pass
+        (lab_dir / "nova.json").unlink(missing_ok=True)

@@ -32,6 +32,8 @@ SECRET_FILE = "cluster.secret"
 CONFIG_FILE = "hagent.toml"
 LOG_FILE = "agent.log"
 KEY_FILE = "node.key"
+NOVA_CLOUDS = "clouds.yaml"   # written by the lab's Nova simulator (hagent.lab.nova)
+NOVA_CLOUD = "hagent-lab"     # its entry under clouds:
 #: Ports every node of a netns lab binds on its own address, as in docs/configuration.md's
 #: examples; each node has an address of its own there, so they never collide.
 DEPLOYMENT_PORTS = {"raft": 7170, "forward": 7171, "gossip": 7172, "status": 7180}
@@ -190,7 +192,7 @@ def node_config(plan: NodePlan, voter_addresses: list[str], secret: Path,
                 extra: dict[str, dict[str, Any]] | None = None, *,
                 forward_endpoints: list[str], public_keys: dict[str, str],
                 voter_keys: list[str], gossip_seeds: list[str],
-                libvirt: bool = False) -> dict[str, dict[str, Any]]:
+                libvirt: bool = False, nova: bool = False) -> dict[str, dict[str, Any]]:
     """The TOML document (as nested dicts) for one lab agent; ``extra`` overrides per section.
 
     ``public_keys`` maps every node's name to its Z85 public key (every node's allow-list
@@ -219,6 +221,10 @@ def node_config(plan: NodePlan, voter_addresses: list[str], secret: Path,
     }
     if libvirt:
         doc["monitors"] = {"instance_enabled": True, "libvirt_uri": plan.libvirt_uri}
+    # With the lab's Nova simulator, the leader recovers through it (the clouds.yaml the
+    # simulator writes in the lab directory); without one there is nothing to recover through.
+    doc["recovery"] = ({"enabled": True, "clouds_yaml": str(plan.dir.parent / NOVA_CLOUDS),
+                        "cloud": NOVA_CLOUD} if nova else {"enabled": False})
     for section, values in (extra or {}).items():
         if not isinstance(values, dict):
             raise ValueError(f"config override [{section}] must be a table of keys")
@@ -250,7 +256,7 @@ def render_toml(doc: dict[str, dict[str, Any]]) -> str:
 
 def write_node_files(plans: list[NodePlan], secret: Path,
                      extra: dict[str, dict[str, Any]] | None = None,
-                     libvirt: bool = False) -> None:
+                     libvirt: bool = False, nova: bool = False) -> None:
     """Create each node's directories, write its CURVE key pair (a new one each time) and its
     ``hagent.toml``."""
     from hagent.forward.keys import write_key_pair
@@ -268,7 +274,7 @@ def write_node_files(plans: list[NodePlan], secret: Path,
         text = render_toml(node_config(plan, voter_addresses, secret, extra,
                                        forward_endpoints=forward_endpoints,
                                        public_keys=public_keys, voter_keys=voter_keys,
-                                       gossip_seeds=gossip_seeds, libvirt=libvirt))
+                                       gossip_seeds=gossip_seeds, libvirt=libvirt, nova=nova))
         tmp = plan.config.with_suffix(".toml.tmp")
         tmp.write_text(text)
         os.replace(tmp, plan.config)

@@ -270,3 +270,24 @@ def test_up_retries_with_new_ports_after_a_collision(tmp_path: Path) -> None:
             lab.down()
     finally:
         squatter.close()
+
+
+def test_nova_lab_boots_instances_and_writes_clouds_yaml(tmp_path: Path) -> None:
+    lab = Lab.up(tmp_path / "lab", nodes=3, nova=True, instances=8)
+    try:
+        import openstack.config
+        import openstack.connection
+
+        # As an operator's tool would: openstacksdk reading the lab's clouds.yaml.
+        config = openstack.config.OpenStackConfig(config_files=[str(lab.dir / "clouds.yaml")],
+                                                  vendor_files=[])
+        conn = openstack.connection.Connection(config=config.get_one(cloud="hagent-lab"))
+        servers = list(conn.compute.servers(all_projects=True))
+        assert len(servers) == 8 and all(s.status == "ACTIVE" for s in servers)
+        assert sum(1 for s in servers if s.metadata.get("HA_Enabled") == "True") == 6
+        assert {s.compute_host for s in servers} == set(lab.names)
+        computes = {svc.host for svc in conn.compute.services() if svc.binary == "nova-compute"}
+        assert computes == set(lab.names)
+    finally:
+        lab.down()
+    assert not (lab.dir / "nova.json").exists()
