@@ -140,8 +140,11 @@ class RecoveryEngine:
                     self._last_error = error
             self._wake.clear()
             try:
-                await asyncio.wait_for(self._wake.wait(), self._scan_interval)
-            except asyncio.TimeoutError:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for may swallow a cancellation
+                # that arrives as the event is set, and stop() would wait forever.
+                async with asyncio.timeout(self._scan_interval):
+                    await self._wake.wait()
+            except TimeoutError:
                 pass
 
     async def _turn(self) -> None:

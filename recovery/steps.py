@@ -587,14 +587,15 @@ async def _evacuate(ctx: StepContext, instance: str, source: str, plan: Evacuati
 
 
 async def _stop(ctx: StepContext, name: str, instance: str, detail: str) -> None:
+    """Stop and confirm vm_state stopped (Masakari waits for vm_state alone: a stopped
+    instance someone is already starting again counts as stopped)."""
     async def truth() -> Truth:
         s = await _server(ctx, instance)
-        return Truth((s.vm_state == "stopped" and s.task_state is None)
-                     or s.task_state == "powering-off", _state(s))
+        return Truth(s.vm_state == "stopped" or s.task_state == "powering-off", _state(s))
 
     async def check() -> tuple[bool, str]:
         s = await _server(ctx, instance)
-        return s.vm_state == "stopped" and s.task_state is None, _state(s)
+        return s.vm_state == "stopped", _state(s)
 
     async def confirm() -> str:
         return await poll(ctx, f"stop of {instance}", check, ctx.config.stop_timeout)

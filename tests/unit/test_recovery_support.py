@@ -23,7 +23,7 @@ import itertools
 import time
 import uuid as uuidlib
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from consensus.state import ClusterState
 from hagent.config import RecoveryConfig
@@ -378,10 +378,12 @@ class Cluster:
         self.ok({"op": "host.fenced", "hostname": host, "method": "lease",
                  "detail": "lease expired"})
 
-    def submit(self, kind: str, host: str, payload: dict[str, str]) -> str:
+    def submit(self, kind: str, host: str, payload: dict[str, str],
+               generated_time: str | None = None) -> str:
         uuid = str(uuidlib.uuid4())
         self.ok({"op": "notification.submit", "notification_uuid": uuid, "type": kind,
-                 "hostname": host, "generated_time": now_iso(), "payload": payload,
+                 "hostname": host, "generated_time": generated_time or now_iso(),
+                 "payload": payload,
                  "source_node": host})
         return uuid
 
@@ -400,15 +402,21 @@ class FakeAgent:
         self.cluster = cluster
         self.name = name
         self.dead = False
+        # A deposed leader that has not heard of the new term yet still sees (True, old term).
+        self.stale_term: int | None = None
+        # Awaited before a proposal is applied (a slow or paused leader).
+        self.gate: Callable[[dict[str, Any]], Awaitable[None]] | None = None
 
     def kill(self) -> None:
         self.dead = True
 
     def is_leader(self) -> bool:
+        if self.stale_term is not None:
+            return not self.dead
         return not self.dead and self.cluster.leader == self.name
 
     def status(self) -> dict[str, Any]:
-        return {"term": self.cluster.term}
+        return {"term": self.stale_term if self.stale_term is not None else self.cluster.term}
 
     async def query(self, name: str, **kwargs: Any) -> Any:
         if self.dead:
@@ -419,6 +427,8 @@ class FakeAgent:
         if self.dead:
             await asyncio.Event().wait()
         await asyncio.sleep(0)
+        if self.gate is not None:
+            await self.gate(command)
         command = {"at": time.time(), **command}
         answer = self.cluster.state.apply(command)
         self.cluster.applied.append(command)
