@@ -16,6 +16,8 @@ does, and what callers may rely on:
   - ``error``: retried after ``retry_interval`` (doubling up to ``retry_interval_max``), or
     ``failed`` once ``max_retries`` retries were used;
   - older than ``notification_expiry`` (and not being recovered here): ``failed``.
+  With ``restore_host_on_return`` it also undoes its marks on a recovered host that is back
+  (force down unset, service enabled, maintenance cleared).
 - **Run.** ``new``/``error`` -> ``running`` (the log counts the attempt), the workflows run
   (recovery/steps.py: truth, intent, act, confirm, result), then ``finished`` / ``ignored``,
   or ``error`` with the reason (``failed`` after the last retry). A live leader never leaves
@@ -34,6 +36,7 @@ from datetime import datetime
 from typing import Any, Awaitable, Callable
 
 from recovery.ledger import AgentLike, Ledger, Refused, commit, transition
+from recovery.nova import NovaError
 from recovery.outcomes import EndRecovery, LeadershipLost, StepFailed
 from recovery.steps import (
     STEPS, NovaLike, StepContext, enable_reserved_host, evacuate_instances, reset_failed_vmoves,
@@ -45,6 +48,9 @@ from recovery.workflows import (
 log = logging.getLogger(__name__)
 
 _OPEN = ["new", "running", "error"]
+# Committed ops after which a scan may find something to do.
+WAKE_OPS = frozenset({"notification.submit", "host.down", "host.fenced", "host.up",
+                      "host.update", "segment.update", "recovery.claim"})
 
 
 class RecoveryEngine:
@@ -79,11 +85,13 @@ class RecoveryEngine:
         self._wake = asyncio.Event()
         self._last_error: str | None = None
         self.counters: dict[str, int] = {
-            "claims": 0, "runs": 0, "finished": 0, "ignored": 0, "errors": 0, "failed": 0,
+            "turns": 0, "claims": 0, "runs": 0, "finished": 0, "ignored": 0, "errors": 0, "failed": 0,
             "expired": 0, "evacuations_succeeded": 0, "evacuations_failed": 0,
             "nova_calls": 0, "nova_errors": 0}
         # Seconds from a notification's generated_time to its end, per type (for metrics).
         self.durations: dict[str, list[float]] = {}
+        self._restore_after: dict[str, float] = {}  # host -> when to try restoring it again
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -91,6 +99,7 @@ class RecoveryEngine:
         if not self.config.enabled:
             log.info("recovery disabled (recovery.enabled = false): this node never recovers")
             return
+        self._loop = asyncio.get_running_loop()
         self._loop_task = asyncio.create_task(self._run(), name="recovery")
         log.info("recovery engine started on %s (%d evacuations at a time%s)", self.node,
                  self.config.max_concurrent_evacuations,
@@ -109,6 +118,13 @@ class RecoveryEngine:
     def wake(self) -> None:
         """Scan now (e.g. after a notification, host.fenced or host.up was applied)."""
         self._wake.set()
+
+    def observe(self, command: dict[str, Any], result: dict[str, Any]) -> None:
+        """An apply observer (``backend.add_apply_observer``; any thread): scan at once
+        after a command that may make a notification ready, instead of at the next
+        ``scan_interval``."""
+        if command.get("op") in WAKE_OPS and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
 
     def status(self) -> dict[str, Any]:
         """For /status and metrics: the claimed term, the notifications in progress here."""
@@ -133,6 +149,8 @@ class RecoveryEngine:
                 self._last_error = None
             except asyncio.CancelledError:
                 raise
+            except LeadershipLost as exc:  # the next turn sees it and stops
+                log.info("recovery scan stopped: %s", exc)
             except Exception as exc:  # one bad turn must not end recovery on this node
                 error = f"{type(exc).__name__}: {exc}"
                 if error != self._last_error:
@@ -148,6 +166,7 @@ class RecoveryEngine:
                 pass
 
     async def _turn(self) -> None:
+        self.counters["turns"] += 1
         leader = self._agent.is_leader()
         term = self._term_of() if leader else None
         if self.term is not None and (not leader or term != self.term):
@@ -158,6 +177,8 @@ class RecoveryEngine:
         if self.term is None and not await self._claim(term):
             return
         await self._scan()
+        if self.config.restore_host_on_return:
+            await self._restore_returned_hosts()
 
     async def _claim(self, term: int) -> bool:
         try:
@@ -254,6 +275,50 @@ class RecoveryEngine:
                     self.config.retry_interval_max)
         since = datetime.fromisoformat(record["updated_at"] or record["created_at"]).timestamp()
         return self._wall() >= since + pause
+
+    # --- hosts back -----------------------------------------------------------------------
+
+    async def _restore_returned_hosts(self) -> None:
+        """``restore_host_on_return``: a host whose failure hagent recovered (its incident
+        fenced, its STOPPED finished) and that is back (incident closed by host.up: alive
+        and renewing its lease for up_damping) gets its compute service's force down unset
+        and hagent's disable undone, then leaves maintenance. Only while Nova still shows
+        hagent's marks: a service someone else changed since, or a host put on maintenance
+        by hand, is left as it is."""
+        now = self._clock()
+        busy = {host for _, host, _ in self._tasks.values()}
+        for incident in await self._agent.query("incidents", status="closed"):
+            host = incident["hostname"]
+            if (not incident["fenced"] or incident["notification_status"] != "finished"
+                    or host in busy or self._restore_after.get(host, 0.0) > now):
+                continue
+            record = await self._agent.query("get_host", ref=host)
+            if record is None or not record["on_maintenance"]:
+                continue
+            try:
+                service = await self._nova.compute_service(host)
+                ours = service is not None and (service.forced_down or (
+                    service.status == "disabled"
+                    and service.disabled_reason == self.config.service_disable_reason))
+                if not ours:
+                    self._restore_after[host] = now + self.config.retry_interval_max
+                    continue
+                if not self._leading():
+                    return
+                if service.forced_down:
+                    await self._nova.unset_force_down(host)
+                if service.status == "disabled":
+                    await self._nova.enable(host)
+                await commit(self._agent, {"op": "host.update", "host": host,
+                                           "on_maintenance": False}, self._leading)
+            except NovaError as exc:
+                log.warning("host %s is back but could not be restored (%s); trying again in "
+                            "%g s", host, exc, self.config.retry_interval)
+                self._restore_after[host] = now + self.config.retry_interval
+                continue
+            log.info("host %s is back (incident %s closed): force down unset, compute service "
+                     "enabled, maintenance cleared (restore_host_on_return)", host,
+                     incident["notification_uuid"])
 
     # --- one notification ---------------------------------------------------------------
 

@@ -5,9 +5,10 @@ maintenance."""
 from __future__ import annotations
 
 import asyncio
+from uuid import uuid4
 
 from test_recovery_support import (
-    Cluster, FakeCloud, engine, settle, until,
+    Cluster, FakeCloud, engine, settle, turns, until,
 )
 
 HOSTS = ["cmp1", "cmp2", "cmp3"]
@@ -121,10 +122,7 @@ def test_nothing_happens_before_the_host_is_fenced():
         try:
             # several scans pass: the notification waits, Nova is only ever read
             await until(lambda: eng.counters["claims"] == 1)
-            scans = 0
-            while scans < 20:
-                await asyncio.sleep(0.005)
-                scans += 1
+            await turns(eng)
             assert cluster.notification(uuid)["status"] == "new"
             assert cloud.calls == [] and cloud.evacuate_calls[server] == 0
             cloud.power_off("cmp1")  # the watchdog fired
@@ -273,3 +271,53 @@ def test_auto_priority_falls_back_to_a_reserved_host_when_auto_fails():
     assert [args[1] for op, args in cloud.calls if op == "evacuate"] == [None, "spare"]
     outcomes = [(s, o) for s, k, o in cluster.steps(uuid) if s == "evacuate_instances"]
     assert outcomes == [("evacuate_instances", "failed"), ("evacuate_instances", "done")]
+
+
+# --- a recovered host comes back --------------------------------------------------------------
+
+async def _crash_recover_return(cluster: Cluster, cloud: FakeCloud, operator=None, **changes):
+    server = cloud.boot("cmp1")
+    uuid = crash(cluster, cloud)
+    eng, _, _ = engine(cluster, cloud, **changes)
+    await eng.start()
+    try:
+        assert (await settle(cluster, uuid))["status"] == "finished"
+        cloud.hosts["cmp1"].powered = True
+        if operator:
+            operator()
+        cluster.ok({"op": "host.up", "hostname": "cmp1", "notification_uuid": str(uuid4()),
+                    "generated_time": "2030-01-01T00:00:00Z", "source_node": "a"})
+        await turns(eng)  # restore, when on, happens in the first of them
+    finally:
+        await eng.stop()
+    return server
+
+
+def test_restore_host_on_return_undoes_hagents_marks():
+    cluster, cloud = Cluster(HOSTS), FakeCloud(HOSTS)
+    run(_crash_recover_return(cluster, cloud, restore_host_on_return=True))
+    host = cloud.hosts["cmp1"]
+    assert (host.forced_down, host.status, host.disabled_reason) == (False, "enabled", None)
+    assert cluster.state.get_host("cmp1")["on_maintenance"] is False
+    assert [op for op, _ in cloud.calls][-2:] == ["unset_force_down", "enable"]
+
+
+def test_without_restore_a_returned_host_stays_down_disabled_and_on_maintenance():
+    cluster, cloud = Cluster(HOSTS), FakeCloud(HOSTS)
+    run(_crash_recover_return(cluster, cloud))
+    host = cloud.hosts["cmp1"]
+    assert (host.forced_down, host.status) == (True, "disabled")
+    assert cluster.state.get_host("cmp1")["on_maintenance"] is True
+
+
+def test_restore_leaves_a_host_an_operator_took_over():
+    cluster, cloud = Cluster(HOSTS), FakeCloud(HOSTS)
+
+    def operator():
+        host = cloud.hosts["cmp1"]
+        host.forced_down = False
+        host.status, host.disabled_reason = "disabled", "disk replacement"
+    run(_crash_recover_return(cluster, cloud, operator, restore_host_on_return=True))
+    assert cloud.hosts["cmp1"].status == "disabled"
+    assert cluster.state.get_host("cmp1")["on_maintenance"] is True
+    assert not any(op in ("unset_force_down", "enable") for op, _ in cloud.calls)

@@ -7,7 +7,7 @@ import asyncio
 from datetime import datetime, timedelta, timezone
 
 from recovery.nova import NovaError
-from test_recovery_support import Cluster, FakeCloud, engine, settle, until
+from test_recovery_support import Cluster, FakeCloud, engine, settle, turns, until
 
 HOSTS = ["cmp1", "cmp2"]
 
@@ -172,8 +172,7 @@ def test_a_follower_never_acts():
         eng, _, _ = engine(cluster, cloud, name="b")  # cluster.leader is "a"
         await eng.start()
         try:
-            for _ in range(20):
-                await asyncio.sleep(0.005)
+            await turns(eng)
         finally:
             await eng.stop()
         assert cluster.state.recovery_claim() is None

@@ -463,6 +463,13 @@ async def until(predicate: Callable[[], bool], timeout: float = 10.0, what: str 
         await asyncio.sleep(0.002)
 
 
+async def turns(eng: RecoveryEngine, n: int = 5) -> None:
+    """Wait until the engine went round its loop ``n`` more times (to see nothing happen)."""
+    start = eng.counters["turns"]
+    eng.wake()
+    await until(lambda: eng.counters["turns"] >= start + n, what=f"{n} engine turns")
+
+
 async def settle(cluster: Cluster, uuid: str, timeout: float = 10.0) -> dict[str, Any]:
     """Wait until notification ``uuid`` is final; return its record."""
     await until(lambda: cluster.notification(uuid)["status"] in FINAL, timeout,
