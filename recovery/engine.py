@@ -38,16 +38,31 @@ from typing import Any, Awaitable, Callable
 from recovery.ledger import AgentLike, Ledger, Refused, commit, transition
 from recovery.nova import NovaError
 from recovery.outcomes import EndRecovery, LeadershipLost, StepFailed
-from recovery.steps import (
-    STEPS, NovaLike, StepContext, enable_reserved_host, evacuate_instances, reset_failed_vmoves,
-)
+from recovery import evacuation, steps
+from recovery.evacuation import enable_reserved_host, evacuate_instances, reset_failed_vmoves
+from recovery.steps import NovaLike, StepContext
 from recovery.workflows import (
-    ENABLE_RESERVED_HOST, EVACUATE_INSTANCES, Plan, Workflow, describe, plan,
+    CONFIRM_ACTIVE, DISABLE_SERVICE, ENABLE_RESERVED_HOST, ENABLE_SERVICE, EVACUATE_INSTANCES,
+    FORCE_DOWN, PREPARE_INSTANCES, START_INSTANCE, STOP_INSTANCE, WAIT_FENCED, Plan, Workflow,
+    describe, plan,
 )
 
 log = logging.getLogger(__name__)
 
 _OPEN = ["new", "running", "error"]
+# The code of each step name of recovery/workflows.py. ENABLE_RESERVED_HOST is not here: the
+# engine drives it, one reserved host after the other (_reserved_hosts).
+STEPS: dict[str, Callable[[StepContext], Awaitable[None]]] = {
+    WAIT_FENCED: steps.wait_fenced,
+    FORCE_DOWN: steps.force_down,
+    DISABLE_SERVICE: steps.disable_service,
+    PREPARE_INSTANCES: evacuation.prepare_instances,
+    EVACUATE_INSTANCES: evacuation.evacuate_instances,
+    STOP_INSTANCE: steps.stop_instance,
+    START_INSTANCE: steps.start_instance,
+    CONFIRM_ACTIVE: steps.confirm_active,
+    ENABLE_SERVICE: steps.enable_service,
+}
 # Committed ops after which a scan may find something to do.
 WAKE_OPS = frozenset({"notification.submit", "host.down", "host.fenced", "host.up",
                       "host.update", "segment.update", "recovery.claim"})
@@ -85,8 +100,8 @@ class RecoveryEngine:
         self._wake = asyncio.Event()
         self._last_error: str | None = None
         self.counters: dict[str, int] = {
-            "turns": 0, "claims": 0, "runs": 0, "finished": 0, "ignored": 0, "errors": 0, "failed": 0,
-            "expired": 0, "evacuations_succeeded": 0, "evacuations_failed": 0,
+            "turns": 0, "claims": 0, "runs": 0, "finished": 0, "ignored": 0, "errors": 0,
+            "failed": 0, "expired": 0, "evacuations_succeeded": 0, "evacuations_failed": 0,
             "nova_calls": 0, "nova_errors": 0}
         # Seconds from a notification's generated_time to its end, per type (for metrics).
         self.durations: dict[str, list[float]] = {}

@@ -90,10 +90,6 @@ class Ledger:
                 return item
         return None
 
-    def records_of(self, key: str) -> list[dict[str, Any]]:
-        """Every record about ``key`` made in this attempt, oldest first."""
-        return [s for s in self.steps if s["key"] == key and s["attempt"] == self.attempt]
-
     def done_in_attempt(self, step: str, key: str) -> dict[str, Any] | None:
         """The step's result if it was done (or skipped) in this attempt, else None."""
         item = self.latest(step, key)
@@ -141,7 +137,8 @@ class Ledger:
             found = {v["instance_uuid"]: v for v in (record or {}).get("vmoves", [])}
             if found.get(instance, {}).get("status") != status:
                 raise
-        self.vmoves = {v["instance_uuid"]: v for v in record["vmoves"]}
+        # Only this instance's row: answers to concurrent writes may arrive in any order.
+        self.vmoves[instance] = next(v for v in record["vmoves"] if v["instance_uuid"] == instance)
 
     async def host_update(self, host: str, **changes: bool) -> None:
         """Set ``reserved`` / ``on_maintenance`` of a registered host (idempotent)."""

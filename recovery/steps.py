@@ -18,9 +18,10 @@ Every step that changes the world goes through `run_step`, which gives it these 
 - **Retryable Nova errors** (timeouts, 5xx, 409) are retried a few times, and each retry
   first asks Nova whether the call happened anyway.
 
-Host failure follows masakari/engine/drivers/taskflow/host_failure.py, instance failure
-instance_failure.py and process failure process_failure.py; where hagent differs the
-function says so.
+This module holds that machinery, the compute-service steps (host and process failure)
+and the instance failure steps (masakari/engine/drivers/taskflow/instance_failure.py,
+process_failure.py); the evacuation of a failed host's instances is recovery/evacuation.py
+(host_failure.py). Where hagent differs from Masakari the function says so.
 """
 from __future__ import annotations
 
@@ -33,22 +34,14 @@ from typing import Any, Awaitable, Callable, Protocol
 
 from recovery.ledger import AgentLike, Ledger
 from recovery.nova import NovaError, ServerView, ServiceView
-from recovery.outcomes import EndRecovery, LeadershipLost, StepFailed
+from recovery.outcomes import EndRecovery, StepFailed
 from recovery.workflows import (
-    ADD_TO_AGGREGATE, CONFIRM_ACTIVE, DISABLE_SERVICE, ENABLE_RESERVED_HOST, ENABLE_SERVICE,
-    EVACUATE, EVACUATE_INSTANCES, FORCE_DOWN, PREPARE_INSTANCES, RESET_STATE, RESTORE_ERROR,
-    START_INSTANCE, STOP, STOP_INSTANCE, WAIT_FENCED, is_true,
+    CONFIRM_ACTIVE, DISABLE_SERVICE, ENABLE_SERVICE, FORCE_DOWN, RESET_STATE, START_INSTANCE,
+    STOP_INSTANCE, WAIT_FENCED, is_true,
 )
 
 log = logging.getLogger(__name__)
 
-# Nova's task states while an evacuation rebuilds the instance (nova/compute/task_states.py).
-REBUILDING = frozenset({"rebuilding", "rebuild_block_device_mapping", "rebuild_spawning"})
-SHUTDOWN = 4  # nova power_state
-# How many looks in a row must show an evacuated instance back on its failed host with no
-# task before the evacuation counts as not happening (Nova sets task_state rebuilding before
-# it answers the evacuate call, so one look would do against Nova itself).
-_STUCK_LOOKS = 3
 
 
 class NovaLike(Protocol):
@@ -157,7 +150,12 @@ async def run_step(ctx: StepContext, name: str, key: str, *, detail: str,
         return done["outcome_detail"] or ""
     latest = ledger.latest(name, key)
     resumed = latest is not None and latest["outcome"] is None
-    seen = await read(ctx, truth)
+    try:
+        seen = await read(ctx, truth)
+    except StepFailed as exc:
+        if resumed:  # close the open intent: the step ends here, failed
+            await ledger.result(name, key, "failed", str(exc))
+        raise
     if resumed and not seen.done:
         ctx.info("%s of %s: intent of term %s not carried out (Nova shows %s); repeating", name,
                  key, latest["term"], seen.text)
@@ -231,29 +229,29 @@ async def checkpoint(ctx: StepContext, name: str, key: str, detail: str,
 
 # --- compute services -------------------------------------------------------------------------
 
-async def _service(ctx: StepContext, host: str) -> ServiceView:
+async def compute_service(ctx: StepContext, host: str) -> ServiceView:
     service = await ctx.nova.compute_service(host)
     if service is None:
         raise StepFailed(f"Nova has no nova-compute service on host {host}")
     return service
 
 
-def _show_service(s: ServiceView) -> str:
+def show_service(s: ServiceView) -> str:
     reason = f" ({s.disabled_reason})" if s.disabled_reason else ""
     forced = ", forced down" if s.forced_down else ""
     return f"nova-compute {s.state}, {s.status}{reason}{forced}"
 
 
-async def _service_step(ctx: StepContext, name: str, host: str, detail: str,
-                        wanted: Callable[[ServiceView], bool],
-                        act: Callable[[], Awaitable[Any]]) -> str:
+async def service_step(ctx: StepContext, name: str, host: str, detail: str,
+                       wanted: Callable[[ServiceView], bool],
+                       act: Callable[[], Awaitable[Any]]) -> str:
     async def truth() -> Truth:
-        service = await _service(ctx, host)
-        return Truth(wanted(service), _show_service(service))
+        service = await compute_service(ctx, host)
+        return Truth(wanted(service), show_service(service))
 
     async def check() -> tuple[bool, str]:
-        service = await _service(ctx, host)
-        return wanted(service), _show_service(service)
+        service = await compute_service(ctx, host)
+        return wanted(service), show_service(service)
 
     async def confirm() -> str:
         return await poll(ctx, f"{name} of {host}", check, ctx.config.nova_timeout)
@@ -277,8 +275,8 @@ async def wait_fenced(ctx: StepContext) -> None:
 async def force_down(ctx: StepContext) -> None:
     """Nova then accepts evacuations at once (it refuses them while the source service is
     up). Safe only because the host is fenced. Masakari never forces down: it sleeps."""
-    await _service_step(ctx, FORCE_DOWN, ctx.host, "host fenced: mark nova-compute down now",
-                        lambda s: s.forced_down, lambda: ctx.nova.force_down(ctx.host))
+    await service_step(ctx, FORCE_DOWN, ctx.host, "host fenced: mark nova-compute down now",
+                       lambda s: s.forced_down, lambda: ctx.nova.force_down(ctx.host))
 
 
 async def disable_service(ctx: StepContext) -> None:
@@ -287,9 +285,9 @@ async def disable_service(ctx: StepContext) -> None:
     ``process_disable_reason``, so that its STARTED may re-enable the service."""
     reason = (ctx.config.process_disable_reason if ctx.notification["type"] == "PROCESS"
               else ctx.config.service_disable_reason)
-    await _service_step(ctx, DISABLE_SERVICE, ctx.host, f"disable with reason {reason!r}",
-                        lambda s: s.status == "disabled",
-                        lambda: ctx.nova.disable(ctx.host, reason))
+    await service_step(ctx, DISABLE_SERVICE, ctx.host, f"disable with reason {reason!r}",
+                       lambda s: s.status == "disabled",
+                       lambda: ctx.nova.disable(ctx.host, reason))
 
 
 async def enable_service(ctx: StepContext) -> None:
@@ -298,40 +296,42 @@ async def enable_service(ctx: StepContext) -> None:
     by an operator, or by a host recovery, stays as it is. Masakari does nothing here."""
     if ctx.ledger.done_in_attempt(ENABLE_SERVICE, ctx.host):
         return
-    service = await read(ctx, lambda: _service(ctx, ctx.host))
+    service = await read(ctx, lambda: compute_service(ctx, ctx.host))
     ours = ctx.config.process_disable_reason
     if service.status == "disabled" and (service.disabled_reason != ours or service.forced_down):
         raise EndRecovery("finished", f"compute service of {ctx.host} left as it is: "
-                                      f"{_show_service(service)}, not disabled by hagent for a "
+                                      f"{show_service(service)}, not disabled by hagent for a "
                                       f"process failure")
-    await _service_step(ctx, ENABLE_SERVICE, ctx.host, f"disabled by hagent ({ours!r}): enable",
-                        lambda s: s.status == "enabled", lambda: ctx.nova.enable(ctx.host))
+    await service_step(ctx, ENABLE_SERVICE, ctx.host, f"disabled by hagent ({ours!r}): enable",
+                       lambda s: s.status == "enabled", lambda: ctx.nova.enable(ctx.host))
 
 
-# --- host failure: instances -----------------------------------------------------------------
-
-def _state(server: ServerView) -> str:
-    return _state_of(InstanceState(server.vm_state, server.task_state, server.power_state))
-
-
-_STATE_RE = re.compile(r"vm_state=([\w-]+) task_state=([\w-]+) power_state=(\d+|-)")
-
+# --- instances -------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class InstanceState:
+    """The states evacuation decisions depend on (Masakari's _evacuate_and_confirm)."""
+
     vm_state: str | None
     task_state: str | None
     power_state: int | None
 
 
-def _state_of(state: InstanceState) -> str:
-    """The states evacuation decisions depend on, in the form intents record them (and
-    `_parse_state` reads back after a leader change)."""
+def describe_state(state: InstanceState) -> str:
+    """The form intents record an instance's state in (and `parse_state` reads back after
+    a leader change)."""
     return (f"vm_state={state.vm_state or '-'} task_state={state.task_state or '-'} "
             f"power_state={state.power_state if state.power_state is not None else '-'}")
 
 
-def _parse_state(text: str | None) -> InstanceState | None:
+def state_text(server: ServerView) -> str:
+    return describe_state(InstanceState(server.vm_state, server.task_state, server.power_state))
+
+
+_STATE_RE = re.compile(r"vm_state=([\w-]+) task_state=([\w-]+) power_state=(\d+|-)")
+
+
+def parse_state(text: str | None) -> InstanceState | None:
     match = _STATE_RE.search(text or "")
     if match is None:
         return None
@@ -339,263 +339,23 @@ def _parse_state(text: str | None) -> InstanceState | None:
     return InstanceState(vm, task, None if power is None else int(power))
 
 
-@dataclass(frozen=True)
-class EvacuationPlan:
-    """Masakari's decisions for one instance (host_failure.py, _evacuate_and_confirm):
-    reset it to error first (Nova evacuates only active, stopped or error instances with no
-    task), the state to expect on the new host, and whether to stop it and put it back in
-    error afterwards, so it ends in the state it had before the failure."""
-
-    reset_first: bool
-    expect: str
-    stop_after: bool
-    restore_error: bool
-
-
-def evacuation_plan(before: InstanceState) -> EvacuationPlan:
-    vm, task = before.vm_state, before.task_state
-    stop_instance, reset = True, False
-    if vm not in ("active", "error", "stopped"):
-        reset = True
-        if vm == "resized" and before.power_state != SHUTDOWN:
-            stop_instance = False
-    elif vm == "stopped" and task is None:
-        stop_instance = False
-    elif task is not None:
-        reset = True
-        if vm == "active":
-            stop_instance = False
-    # Up to microversion 2.94 Nova brings a stopped instance back stopped, anything else
-    # ACTIVE (an error instance is rebuilt ACTIVE; Masakari accepts that too).
-    expect = "stopped" if (vm == "stopped" and task is None) else "active"
-    stop_after = vm != "active" and stop_instance and expect == "active"
-    return EvacuationPlan(reset_first=reset, expect=expect, stop_after=stop_after,
-                          restore_error=vm == "error" and stop_instance)
-
-
-def _ha(ctx: StepContext, server: ServerView) -> bool:
-    return is_true(server.metadata.get(ctx.config.ha_enabled_instance_metadata_key))
-
-
-async def prepare_instances(ctx: StepContext) -> None:
-    """List the failed host's instances and record a vmove for each: ``pending`` for those
-    to evacuate (HA ones first; all with ``evacuate_all_instances``; not those in error
-    with ``ignore_instances_in_error_state``), ``ignored`` with the reason for the others
-    (Masakari records no row for them; hagent shows why they stayed). Instances already
-    recorded keep their vmove; failed ones of an earlier attempt are pending again. No
-    instance to evacuate ends the recovery ``finished``, as Masakari's
-    SkipHostRecoveryException does."""
-    async def body() -> str:
-        servers = await read(ctx, lambda: ctx.nova.servers_on_host(ctx.host))
-        key = ctx.config.ha_enabled_instance_metadata_key
-        ha = [s for s in servers if _ha(ctx, s)]
-        others = [s for s in servers if not _ha(ctx, s)]
-        chosen, ignored = [], []
-        for server in ha + others:
-            if server.id in ctx.ledger.vmoves:
-                continue
-            if ctx.config.ignore_instances_in_error_state and server.vm_state == "error":
-                ignored.append((server, "in error state (ignore_instances_in_error_state)"))
-            elif server in ha or ctx.config.evacuate_all_instances:
-                chosen.append(server)
-            else:
-                ignored.append((server, f"not HA (metadata {key} is not True) and "
-                                        f"evacuate_all_instances is off"))
-        for server in chosen:
-            await ctx.ledger.vmove(server.id, "pending", instance_name=server.name,
-                                   source_host=ctx.host)
-        for server, why in ignored:
-            await ctx.ledger.vmove(server.id, "ignored", instance_name=server.name,
-                                   source_host=ctx.host, message=why)
-            ctx.info("instance %s (%s) left alone: %s", server.id, server.name, why)
-        await reset_failed_vmoves(ctx)
-        return (f"{len(servers)} instance(s) on the host ({len(ha)} HA); "
-                f"{len(chosen)} newly to evacuate, {len(ignored)} left alone")
-    await checkpoint(ctx, PREPARE_INSTANCES, ctx.host, "list the host's instances", body)
-    if not to_evacuate(ctx):
-        raise EndRecovery("finished", f"no instances to evacuate from host {ctx.host}")
-
-
-def to_evacuate(ctx: StepContext) -> list[str]:
-    """Instances still to evacuate, in the order they were recorded (HA first)."""
-    return [i for i, vm in ctx.ledger.vmoves.items() if vm["status"] in ("pending", "ongoing")]
-
-
-async def reset_failed_vmoves(ctx: StepContext) -> None:
-    """Failed instances are tried again (a retry, the next reserved host, the fall-back
-    workflow of a priority method)."""
-    for instance, vm in list(ctx.ledger.vmoves.items()):
-        if vm["status"] == "failed":
-            await ctx.ledger.vmove(instance, "pending")
-
-
-async def evacuate_instances(ctx: StepContext) -> None:
-    """Evacuate every pending instance, ``max_concurrent_evacuations`` at a time
-    (Masakari: 3 threads), each confirmed back in its previous state on another host. Any
-    failure fails the step with the failed instances named."""
-    todo = to_evacuate(ctx)
-    key = ctx.target or ctx.host
-
-    async def body() -> str:
-        limit = asyncio.Semaphore(ctx.config.max_concurrent_evacuations)
-
-        async def one(instance: str) -> bool:
-            async with limit:
-                return await evacuate_instance(ctx, instance)
-        try:
-            async with asyncio.TaskGroup() as group:
-                tasks = {i: group.create_task(one(i)) for i in todo}
-        except BaseExceptionGroup as group_error:
-            raise _first(group_error) from None
-        failed = [i for i, task in tasks.items() if not task.result()]
-        if failed:
-            raise StepFailed(f"Failed to evacuate instances {', '.join(sorted(failed))} from "
-                             f"host {ctx.host}")
-        return f"{len(todo)} instance(s) evacuated"
-    target = f"reserved host {ctx.target}" if ctx.target else "hosts the scheduler picks"
-    await checkpoint(ctx, EVACUATE_INSTANCES, key,
-                     f"{len(todo)} instance(s) to {target}, "
-                     f"{ctx.config.max_concurrent_evacuations} at a time", body)
-
-
-def _first(group_error: BaseExceptionGroup) -> BaseException:
-    """The exception that matters most in a failed TaskGroup: leadership lost, then any."""
-    flat: list[BaseException] = []
-
-    def walk(error: BaseException) -> None:
-        if isinstance(error, BaseExceptionGroup):
-            for inner in error.exceptions:
-                walk(inner)
-        else:
-            flat.append(error)
-    walk(group_error)
-    for kind in (LeadershipLost, asyncio.CancelledError):
-        for error in flat:
-            if isinstance(error, kind):
-                return error
-    return flat[0]
-
-
-def _original_state(ctx: StepContext, instance: str, server: ServerView) -> InstanceState:
-    """The instance's state before recovery touched it: as the first intent about it
-    recorded it (any attempt, so a resumed or retried evacuation remembers it), else now."""
-    for item in ctx.ledger.steps:
-        if item["key"] == instance:
-            parsed = _parse_state(item["detail"])
-            if parsed is not None:
-                return parsed
-    return InstanceState(server.vm_state, server.task_state, server.power_state)
-
-
-async def evacuate_instance(ctx: StepContext, instance: str) -> bool:
-    """One instance: [reset to error] > evacuate > confirm its previous state on another
-    host > [stop] > [back to error]; its vmove goes ongoing, then succeeded or failed.
-    Returns whether it succeeded (or was ignored: deleted meanwhile)."""
-    vmove = ctx.ledger.vmoves[instance]
-    try:
-        server = await read(ctx, lambda: ctx.nova.server(instance))
-    except StepFailed as exc:
-        await ctx.ledger.vmove(instance, "failed", message=str(exc))
-        return False
-    if server is None:
-        status = "ignored" if vmove["status"] == "pending" else "failed"
-        await ctx.ledger.vmove(instance, status, message="instance no longer exists in Nova")
-        ctx.info("instance %s no longer exists in Nova: %s", instance, status)
-        return status == "ignored"
-    before = _original_state(ctx, instance, server)
-    plan = evacuation_plan(before)
-    source = ctx.host
-    detail = (f"from {_state_of(before)}; to "
-              f"{ctx.target or 'a host the scheduler picks'}")
-    try:
-        await ctx.ledger.vmove(instance, "ongoing")
-        if plan.reset_first:
-            await _reset_state(ctx, RESET_STATE, instance, detail)
-        await _evacuate(ctx, instance, source, plan, detail)
-        if plan.stop_after:
-            await _stop(ctx, STOP, instance, detail)
-        if plan.restore_error:
-            await _reset_state(ctx, RESTORE_ERROR, instance, detail)
-        final = await read(ctx, lambda: ctx.nova.server(instance))
-        dest = final.host if final is not None else None
-        await ctx.ledger.vmove(instance, "succeeded", dest_host=dest,
-                               message=f"{final.status if final else 'gone'} on {dest}")
-        ctx.count("evacuations_succeeded")
-        return True
-    except StepFailed as exc:
-        ctx.count("evacuations_failed")
-        ctx.info("instance %s not recovered: %s", instance, exc)
-        await ctx.ledger.vmove(instance, "failed", message=str(exc))
-        return False
-
-
-async def _server(ctx: StepContext, instance: str) -> ServerView:
+async def server_or_fail(ctx: StepContext, instance: str) -> ServerView:
     server = await ctx.nova.server(instance)
     if server is None:
         raise StepFailed(f"instance {instance} no longer exists in Nova")
     return server
 
 
-async def _reset_state(ctx: StepContext, name: str, instance: str, detail: str) -> None:
+async def stop_server(ctx: StepContext, name: str, instance: str, detail: str) -> None:
+    """Step ``name``: stop the instance and confirm vm_state stopped (Masakari waits for
+    vm_state alone: a stopped instance someone is already starting again counts as stopped)."""
     async def truth() -> Truth:
-        s = await _server(ctx, instance)
-        return Truth(s.vm_state == "error" and s.task_state is None, _state(s))
+        s = await server_or_fail(ctx, instance)
+        return Truth(s.vm_state == "stopped" or s.task_state == "powering-off", state_text(s))
 
     async def check() -> tuple[bool, str]:
-        seen = await truth()
-        return seen.done, seen.text
-
-    async def confirm() -> str:
-        return await poll(ctx, f"{name} of {instance}", check, ctx.config.nova_timeout)
-
-    await run_step(ctx, name, instance, detail=detail, truth=truth,
-                   act=lambda: ctx.nova.reset_state(instance, "error"), confirm=confirm)
-
-
-async def _evacuate(ctx: StepContext, instance: str, source: str, plan: EvacuationPlan,
-                    detail: str) -> None:
-    async def truth() -> Truth:
-        s = await _server(ctx, instance)
-        return Truth(s.host != source or s.task_state in REBUILDING,
-                     f"{_state(s)} on {s.host}")
-
-    stuck = [0]
-
-    async def check() -> tuple[bool, str]:
-        s = await _server(ctx, instance)
-        seen = f"{s.status} ({_state(s)}) on {s.host}"
-        if s.task_state is not None:
-            stuck[0] = 0
-            return False, seen
-        if s.host == source:
-            stuck[0] += 1
-            if stuck[0] >= _STUCK_LOOKS:
-                raise StepFailed(f"Nova did not evacuate instance {instance}: {seen}")
-            return False, seen
-        if s.vm_state == plan.expect:
-            return True, f"{s.status} on {s.host}"
-        if s.vm_state == "error":
-            raise StepFailed(f"evacuation of instance {instance} ended in ERROR on {s.host}")
-        return False, seen
-
-    async def confirm() -> str:
-        return await poll(ctx, f"evacuation of {instance} to {plan.expect}", check,
-                          ctx.config.evacuate_timeout)
-
-    await run_step(ctx, EVACUATE, instance, detail=detail, truth=truth,
-                   act=lambda: ctx.nova.evacuate(instance, ctx.target), confirm=confirm)
-
-
-async def _stop(ctx: StepContext, name: str, instance: str, detail: str) -> None:
-    """Stop and confirm vm_state stopped (Masakari waits for vm_state alone: a stopped
-    instance someone is already starting again counts as stopped)."""
-    async def truth() -> Truth:
-        s = await _server(ctx, instance)
-        return Truth(s.vm_state == "stopped" or s.task_state == "powering-off", _state(s))
-
-    async def check() -> tuple[bool, str]:
-        s = await _server(ctx, instance)
-        return s.vm_state == "stopped", _state(s)
+        s = await server_or_fail(ctx, instance)
+        return s.vm_state == "stopped", state_text(s)
 
     async def confirm() -> str:
         return await poll(ctx, f"stop of {instance}", check, ctx.config.stop_timeout)
@@ -604,55 +364,9 @@ async def _stop(ctx: StepContext, name: str, instance: str, detail: str) -> None
                    act=lambda: ctx.nova.stop(instance), confirm=confirm)
 
 
-# --- host failure: reserved hosts ------------------------------------------------------------
-
-async def enable_reserved_host(ctx: StepContext, reserved: str) -> None:
-    """Make ``reserved`` ready to receive the failed host's instances (Masakari's
-    _do_evacuate with a reserved host): optionally add it to the failed host's aggregates,
-    enable its compute service, and mark it no longer reserved in the log. A reserved host
-    whose nova-compute is down fails at once (hagent's addition: Masakari would let every
-    evacuation to it fail first), so the next one is tried."""
-    async def body() -> str:
-        service = await read(ctx, lambda: _service(ctx, reserved))
-        if service.state != "up" or service.forced_down:
-            raise StepFailed(f"reserved host {reserved}: {_show_service(service)}")
-        added = []
-        if ctx.config.add_reserved_host_to_aggregate:
-            for aggregate in await read(ctx, lambda: ctx.nova.aggregates_with_host(ctx.host)):
-                await _add_to_aggregate(ctx, reserved, aggregate)
-                added.append(str(aggregate.get("name") or aggregate["id"]))
-        await _service_step(ctx, ENABLE_SERVICE, reserved, "reserved host: enable",
-                            lambda s: s.status == "enabled", lambda: ctx.nova.enable(reserved))
-        await ctx.ledger.host_update(reserved, reserved=False)
-        return (f"{reserved} enabled and no longer reserved"
-                + (f"; added to aggregate(s) {', '.join(added)}" if added else ""))
-    await checkpoint(ctx, ENABLE_RESERVED_HOST, reserved, "use reserved host", body)
-
-
-async def _add_to_aggregate(ctx: StepContext, reserved: str, aggregate: dict[str, Any]) -> None:
-    aggregate_id = str(aggregate["id"])
-
-    async def member() -> bool:
-        current = await ctx.nova.aggregates_with_host(reserved)
-        return any(str(a["id"]) == aggregate_id for a in current)
-
-    async def truth() -> Truth:
-        inside = await member()
-        return Truth(inside, f"{reserved} {'in' if inside else 'not in'} aggregate "
-                             f"{aggregate.get('name') or aggregate_id}")
-
-    async def check() -> tuple[bool, str]:
-        seen = await truth()
-        return seen.done, seen.text
-
-    async def confirm() -> str:
-        return await poll(ctx, f"add {reserved} to aggregate {aggregate_id}", check,
-                          ctx.config.nova_timeout)
-
-    await run_step(ctx, ADD_TO_AGGREGATE, f"{reserved} aggregate {aggregate_id}",
-                   detail=f"aggregate {aggregate.get('name') or aggregate_id} of {ctx.host}",
-                   truth=truth, act=lambda: ctx.nova.add_host_to_aggregate(aggregate_id, reserved),
-                   confirm=confirm)
+def is_ha(ctx: StepContext, server: ServerView) -> bool:
+    """Masakari's test: the metadata key is true ("True", "yes", "1", ...)."""
+    return is_true(server.metadata.get(ctx.config.ha_enabled_instance_metadata_key))
 
 
 # --- instance failure ------------------------------------------------------------------------
@@ -670,7 +384,7 @@ async def stop_instance(ctx: StepContext) -> None:
     server = await read(ctx, lambda: ctx.nova.server(instance))
     if server is None:
         raise EndRecovery("ignored", f"instance {instance} no longer exists in Nova")
-    if not (ctx.config.process_all_instances or _ha(ctx, server)):
+    if not (ctx.config.process_all_instances or is_ha(ctx, server)):
         key = ctx.config.ha_enabled_instance_metadata_key
         raise EndRecovery("ignored", f"instance {instance} is not HA (metadata {key} is not "
                                      f"True) and process_all_instances is off")
@@ -679,11 +393,11 @@ async def stop_instance(ctx: StepContext) -> None:
     if server.vm_state in ("paused", "rescued"):
         raise EndRecovery("ignored", f"recovery of instance {instance} is ignored as it is in "
                                      f"{server.vm_state} state")
-    detail = f"from {_state(server)}"
+    detail = f"from {state_text(server)}"
     if server.vm_state == "resized":
         async def truth() -> Truth:
-            s = await _server(ctx, instance)
-            return Truth(s.vm_state != "resized", _state(s))
+            s = await server_or_fail(ctx, instance)
+            return Truth(s.vm_state != "resized", state_text(s))
 
         async def confirm() -> str:
             async def check() -> tuple[bool, str]:
@@ -692,7 +406,7 @@ async def stop_instance(ctx: StepContext) -> None:
             return await poll(ctx, f"reset of {instance}", check, ctx.config.nova_timeout)
         await run_step(ctx, RESET_STATE, instance, detail=detail, truth=truth,
                        act=lambda: ctx.nova.reset_state(instance, "active"), confirm=confirm)
-    await _stop(ctx, STOP_INSTANCE, instance, detail)
+    await stop_server(ctx, STOP_INSTANCE, instance, detail)
 
 
 async def start_instance(ctx: StepContext) -> None:
@@ -701,11 +415,11 @@ async def start_instance(ctx: StepContext) -> None:
     instance = _instance(ctx)
 
     async def truth() -> Truth:
-        s = await _server(ctx, instance)
-        return Truth(s.vm_state == "active" or s.task_state == "powering-on", _state(s))
+        s = await server_or_fail(ctx, instance)
+        return Truth(s.vm_state == "active" or s.task_state == "powering-on", state_text(s))
 
     async def act() -> None:
-        s = await _server(ctx, instance)
+        s = await server_or_fail(ctx, instance)
         if s.vm_state != "stopped":
             raise StepFailed(f"invalid state for instance {instance}: expected stopped, "
                              f"got {s.vm_state}")
@@ -723,24 +437,9 @@ async def confirm_active(ctx: StepContext) -> None:
     instance = _instance(ctx)
 
     async def check() -> tuple[bool, str]:
-        s = await _server(ctx, instance)
+        s = await server_or_fail(ctx, instance)
         return s.vm_state == "active" and s.task_state is None, f"{s.status} on {s.host}"
 
     async def body() -> str:
         return await poll(ctx, f"instance {instance} ACTIVE", check, ctx.config.start_timeout)
     await checkpoint(ctx, CONFIRM_ACTIVE, instance, "wait for ACTIVE", body)
-
-
-# The step functions by name; ENABLE_RESERVED_HOST is driven by the engine, which picks the
-# reserved host (recovery/engine.py).
-STEPS: dict[str, Callable[[StepContext], Awaitable[None]]] = {
-    WAIT_FENCED: wait_fenced,
-    FORCE_DOWN: force_down,
-    DISABLE_SERVICE: disable_service,
-    PREPARE_INSTANCES: prepare_instances,
-    EVACUATE_INSTANCES: evacuate_instances,
-    STOP_INSTANCE: stop_instance,
-    START_INSTANCE: start_instance,
-    CONFIRM_ACTIVE: confirm_active,
-    ENABLE_SERVICE: enable_service,
-}

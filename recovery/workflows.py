@@ -142,8 +142,8 @@ def plan(notification: Mapping[str, Any], segment: Mapping[str, Any] | None,
                 f"never known to be fenced, so its instances must not be evacuated"))
         if event == "STARTED":
             if payload.get("host_status", "").upper() != "NORMAL":
-                return Plan(status="ignored", message=f"host_status is "
-                                                      f"{payload.get('host_status') or 'not given'}")
+                status = payload.get("host_status") or "not given"
+                return Plan(status="ignored", message=f"host_status is {status}")
             return Plan(status="finished", message="host is back; nothing to recover")
         return Plan(status="ignored", message=f"invalid event {payload.get('event')!r}")
     if kind == "VM":

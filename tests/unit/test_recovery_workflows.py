@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from recovery.steps import InstanceState, _parse_state, _state_of, evacuation_plan
+from recovery.evacuation import evacuation_plan
+from recovery.steps import InstanceState, describe_state, parse_state
 from recovery.workflows import (
     HOST_AUTO, HOST_METHODS, HOST_RESERVED, INSTANCE, PROCESS_STARTED, PROCESS_STOPPED,
     describe, is_true, plan,
@@ -99,7 +100,7 @@ def test_evacuation_plan_is_masakaris(vm, task, power, reset, expect, stop, rest
 
 def test_instance_state_survives_the_intent_detail():
     state = InstanceState("stopped", None, 4)
-    assert _parse_state(f"from {_state_of(state)}; to cmp2") == state
-    assert _parse_state("vm_state=active task_state=rebuilding power_state=-") == (
+    assert parse_state(f"from {describe_state(state)}; to cmp2") == state
+    assert parse_state("vm_state=active task_state=rebuilding power_state=-") == (
         InstanceState("active", "rebuilding", None))
-    assert _parse_state("disable with reason 'x'") is None
+    assert parse_state("disable with reason 'x'") is None
