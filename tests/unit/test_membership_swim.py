@@ -396,3 +396,17 @@ def test_member_we_keep_hearing_from_is_not_declared_dead_before_max_timeout() -
         me.tick(t)
     assert me.member_state("n1") == "suspect"
     assert me.counters["verdicts_deferred"] >= 1
+
+
+def test_healed_partition_rejoins_through_push_pull_with_dead_members() -> None:
+    knobs = replace(KNOBS, push_pull_interval=5.0)
+    net = Net(NAMES, knobs=knobs)
+    left, right = set(NAMES[:3]), set(NAMES[3:])
+    net.drop = lambda s, d, m: (s in left) != (d in left)
+    net.run(net.now + 30.0)
+    assert net.nodes["n0"].member_state("n4") == "dead"
+    assert net.nodes["n4"].member_state("n0") == "dead"
+    net.drop = lambda s, d, m: False
+    net.run(net.now + 30.0)
+    for name, m in net.nodes.items():
+        assert {r.state for r in m.members(net.now)} == {"alive"}, name
