@@ -9,11 +9,14 @@ Mechanisms (docs/membership.md explains each and its numbers):
   indirect_timeout more makes the target suspect.
 - suspicion: a suspect gets a Suspicion timer (suspicion.py) that shrinks with independent
   confirmations; members hearing of a new suspicion probe the suspect at once with a small
-  probability, so confirmations arrive within about one round; a timer that expires declares
-  the member dead. Pings to a suspect carry the suspicion, so a live suspect learns of it.
+  probability, so confirmations arrive within about one round. An expiring timer declares
+  the member dead only if our own probe of it failed (no verdict on hearsay) and we heard
+  nothing from it since; otherwise it probes first. Pings to a suspect carry the suspicion,
+  so a live suspect learns of it.
 - refutation: a member hearing itself suspected or dead (at its incarnation or above) bumps
-  its incarnation and gossips Alive, also straight to the accuser. A member that notices it
-  was stalled (tick late by more than pause_threshold) refutes pre-emptively.
+  its incarnation and gossips Alive, also straight to the accuser; an accusation of an older
+  incarnation gets the current Alive sent back. A member that notices it was stalled (called
+  later than pause_threshold after its deadline) refutes pre-emptively and resyncs.
 - awareness (awareness.py): missed nacks and refutations stretch this node's probe timeout and
   interval.
 - dissemination (broadcasts.py): updates ride on every message and on gossip rounds.
