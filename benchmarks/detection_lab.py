@@ -94,7 +94,12 @@ def one_run(lab: Lab, victim: str, kind: str, offset: float) -> dict[str, Any]:
     says it is dead. Times in seconds after the SIGKILL was sent."""
     survivors = [n for n in lab.names if n != victim]
     voters = [n.name for n in lab.nodes if n.voter and n.name != victim]
-    known = {r["notification_uuid"] for r in _stopped_records(lab, voters[0], victim)}
+    known = {r["notification_uuid"] for r in _stopped_records(lab, lab.leader(), victim)}
+
+    def created(record: dict[str, Any]) -> float:
+        """``created_at`` on this process's monotonic clock."""
+        return dt.datetime.fromisoformat(record["created_at"]).timestamp() - offset
+
     suspected: dict[str, float] = {}
     dead: dict[str, float] = {}
     stopped: dict[str, Any] | None = None
@@ -109,8 +114,10 @@ def one_run(lab: Lab, victim: str, kind: str, offset: float) -> dict[str, Any]:
         if stopped is None:
             for v in voters:
                 try:
+                    # Proposed after the kill: an earlier incident's STOPPED is no answer,
+                    # even read from a voter that had not applied it when `known` was read.
                     new = [r for r in _stopped_records(lab, v, victim)
-                           if r["notification_uuid"] not in known]
+                           if r["notification_uuid"] not in known and created(r) >= t_kill]
                 except LabError:
                     continue
                 if new:
@@ -142,9 +149,8 @@ def one_run(lab: Lab, victim: str, kind: str, offset: float) -> dict[str, Any]:
     r["gossip_dead_by_survivor_s"] = {k: round(v, 3) for k, v in dead.items()}
     if stopped is not None:
         rec = stopped["record"]
-        created = dt.datetime.fromisoformat(rec["created_at"]).timestamp() - offset
         r.update(stopped_poll_s=round(stopped["seen_s"], 3), stopped_seen_on=stopped["seen_on"],
-                 stopped_created_s=round(created - t_kill, 3), proposer=rec.get("source_node"),
+                 stopped_created_s=round(created(rec) - t_kill, 3), proposer=rec.get("source_node"),
                  notification_uuid=rec["notification_uuid"])
         # The proposer's own gossip verdict (as polled) to its proposal: the detection
         # service's share (leadership, incidents refresh, policy tick).
@@ -183,8 +189,8 @@ def all_alive(lab: Lab) -> bool:
 
 
 def no_open_incident(lab: Lab) -> bool:
-    voter = next(n.name for n in lab.nodes if n.voter)
-    return lab.admin(voter, "incident.list", {"status": "open"}, timeout=2.0) == []
+    """Asked of the leader: a voter that just restarted may not have applied the log yet."""
+    return lab.admin(lab.leader(timeout=5), "incident.list", {"status": "open"}, timeout=2.0) == []
 
 
 def recover(lab: Lab, victim: str) -> dict[str, Any]:
@@ -223,6 +229,7 @@ def recover(lab: Lab, victim: str) -> dict[str, Any]:
             raise RuntimeError(f"detection_lab: {victim} back (watchdog re-armed), its incident "
                                f"closed and everyone alive: not within {RECOVER_TIMEOUT:g} s")
         time.sleep(0.05)
+    lab.wait_applied(timeout=RECOVER_TIMEOUT)  # every voter reads the closed incident
     return {"recover_s": round(time.monotonic() - t, 2), "watchdog_restarts": restarts}
 
 
