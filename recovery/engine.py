@@ -74,11 +74,15 @@ class RecoveryEngine:
     ``config`` is ``hagent.config.RecoveryConfig`` (or an object with its attributes).
     ``term_of`` returns this node's current Raft term (default: ``agent.status()["term"]``);
     ``unsafe`` marks every action in the log as done without fencing (safety rule 6).
+    ``deposed_grace`` (give ``fencing.lease_ttl``): after claiming, a step an earlier leader
+    intended and Nova shows no effect of is repeated only this long after the claim, by when
+    that leader, if merely paused, has acted or been reset by its watchdog.
     """
 
     def __init__(self, agent: AgentLike, nova: NovaLike, config: Any, node_name: str, *,
                  scan_interval: float = 0.5, term_of: Callable[[], int] | None = None,
-                 unsafe: bool = False, call_retries: int = 3, call_pause: float = 1.0,
+                 unsafe: bool = False, deposed_grace: float = 15.0,
+                 call_retries: int = 3, call_pause: float = 1.0,
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
@@ -89,6 +93,8 @@ class RecoveryEngine:
         self._scan_interval = scan_interval
         self._term_of = term_of or (lambda: agent.status()["term"])
         self._unsafe = unsafe
+        self._deposed_grace = deposed_grace
+        self._claimed_at = 0.0
         self._call_retries = call_retries
         self._call_pause = call_pause
         self._clock = clock
@@ -203,6 +209,7 @@ class RecoveryEngine:
             log.info("recovery not claimed for term %s: %s", term, exc)
             return False
         self.term = term
+        self._claimed_at = self._clock()
         self.counters["claims"] += 1
         log.info("recovery claimed for term %s: this node recovers notifications now", term)
         return True
@@ -387,7 +394,8 @@ class RecoveryEngine:
         ctx = StepContext(notification=record, nova=self._nova, ledger=ledger,
                           agent=self._agent, config=self.config, call_retries=self._call_retries,
                           call_pause=self._call_pause, clock=self._clock, sleep=self._sleep,
-                          unsafe=self._unsafe, counters=self.counters)
+                          unsafe=self._unsafe, counters=self.counters,
+                          repeat_after=self._claimed_at + self._deposed_grace)
         try:
             message = await self._workflows(ctx, decided.workflows)
             await self._end(record, "finished", message)

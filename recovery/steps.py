@@ -76,6 +76,9 @@ class StepContext:
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     target: str | None = None  # the reserved host evacuations go to (None: the scheduler)
+    # Before this (``clock``) time an earlier term's intent that Nova shows no effect of is
+    # not repeated: see run_step.
+    repeat_after: float = 0.0
     unsafe: bool = False
     counters: dict[str, int] = field(default_factory=dict)
 
@@ -156,6 +159,8 @@ async def run_step(ctx: StepContext, name: str, key: str, *, detail: str,
         if resumed:  # close the open intent: the step ends here, failed
             await ledger.result(name, key, "failed", str(exc))
         raise
+    if resumed and not seen.done and latest["term"] != ledger.term:
+        seen = await _grace(ctx, name, key, latest["term"], truth, seen)
     if resumed and not seen.done:
         ctx.info("%s of %s: intent of term %s not carried out (Nova shows %s); repeating", name,
                  key, latest["term"], seen.text)
@@ -185,6 +190,30 @@ async def run_step(ctx: StepContext, name: str, key: str, *, detail: str,
     await ledger.result(name, key, outcome, text if outcome == "done" else f"already: {text}")
     ctx.info("%s of %s %s: %s", name, key, outcome, text)
     return text
+
+
+async def _grace(ctx: StepContext, name: str, key: str, term: int,
+                 truth: Callable[[], Awaitable[Truth]], seen: Truth) -> Truth:
+    """An earlier leader committed this intent and Nova shows no effect. That leader may
+    be paused between its intent and its call (the log cannot stop a call already past its
+    leadership check, and Nova accepts a second evacuation during a rebuild). It acts, if
+    at all, before its watchdog resets it: within lease_ttl of when this leader took over.
+    So the step is repeated only after ``repeat_after``, watching Nova meanwhile."""
+    wait = ctx.repeat_after - ctx.clock()
+    if wait <= 0:
+        return seen
+    ctx.info("%s of %s: term %s's intent shows no effect in Nova yet; watching %.1f s before "
+             "repeating it (its leader may still act until its watchdog fires)", name, key,
+             term, wait)
+
+    async def check() -> tuple[bool, str]:
+        now = await truth()
+        return now.done, now.text
+    try:
+        await poll(ctx, f"{name} of {key} by term {term}", check, wait)
+    except StepFailed:
+        pass
+    return await read(ctx, truth)
 
 
 async def _act(ctx: StepContext, name: str, key: str, truth: Callable[[], Awaitable[Truth]],

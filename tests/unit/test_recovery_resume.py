@@ -182,3 +182,64 @@ def test_a_deposed_leader_that_still_believes_it_leads_cannot_act():
         assert {s: cloud.evacuate_calls[s] for s in servers} == {s: 1 for s in servers}
         assert cluster.notification(uuid)["status"] == "finished"
     run(scenario())
+
+
+async def _paused_before_its_call(grace: float) -> tuple[FakeCloud, Cluster, str, str]:
+    """Leader "a" commits the evacuate intent of one instance and is paused just before
+    its call; "b" takes over (term 2) and finds the intent open with nothing in Nova; "a"
+    wakes up and makes its call while "b" decides."""
+    cluster, cloud, servers, uuid = _host_crash(2)
+    target = servers[0]
+    eng_a, agent_a, nova_a = engine(cluster, cloud, "a")
+    paused, wake_a = asyncio.Event(), asyncio.Event()
+
+    async def gate(op, args):  # the whole process stops there: every call and proposal
+        if op == "evacuate" and args[0] == target:
+            paused.set()
+        if paused.is_set():
+            await wake_a.wait()
+
+    async def gate_log(command):
+        if paused.is_set():
+            await wake_a.wait()
+    nova_a.gate, agent_a.gate = gate, gate_log
+    await eng_a.start()
+    await asyncio.wait_for(paused.wait(), 10)
+    agent_a.stale_term = 1  # paused: "a" has not seen anything since
+    cluster.leader, cluster.term = "b", 2
+    eng_b, _, nova_b = engine(cluster, cloud, "b", deposed_grace=grace)
+    looks = []
+
+    def watch(nova, op, args):
+        # "a" wakes once "b" looked at the instance a few times, or as "b" evacuates it
+        if args and args[0] == target and op in ("server", "evacuate"):
+            looks.append(op)
+            if op == "evacuate" or len(looks) >= 3:
+                wake_a.set()
+    nova_b.after.append(watch)
+    await eng_b.start()
+    try:
+        await settle(cluster, uuid)
+    finally:
+        await eng_b.stop()
+        await eng_a.stop()
+    return cloud, cluster, uuid, target
+
+
+def test_a_leader_paused_between_intent_and_call_is_waited_for_not_raced():
+    """The new leader watches Nova for lease_ttl (deposed_grace) after its claim before it
+    repeats an earlier term's step: the paused leader's late call shows up, is confirmed,
+    and no second evacuation (which Nova would accept during the rebuild) is made."""
+    cloud, cluster, uuid, target = run(_paused_before_its_call(grace=5.0))
+    assert cloud.evacuate_calls[target] == 1 and cloud.double_runs == []
+    record = cluster.notification(uuid)
+    assert record["status"] == "finished"
+    steps = [s for s in record["recovery_steps"] if s["key"] == target and s["step"] == "evacuate"]
+    assert [(s["term"], s["outcome"], s["outcome_term"]) for s in steps] == [(1, "done", 2)]
+
+
+def test_without_the_grace_the_paused_leaders_late_call_would_evacuate_twice():
+    """The hazard the grace closes, shown on the fake (Nova's rules): repeating at once."""
+    cloud, _, _, target = run(_paused_before_its_call(grace=0.0))
+    assert cloud.evacuate_calls[target] == 2
+    assert cloud.double_runs

@@ -2,7 +2,8 @@
 
 - ``FakeCloud``: Nova's state and the rules the engine depends on, in memory: evacuation
   refused (400) while the source compute service is up and not forced down, a target host
-  must be up, enabled and have room, actions refused (409) while a task runs, disabling a
+  must be up, enabled and have room, a second evacuation during a rebuild accepted (as Nova
+  does) and flagged, stop/start refused (409) while a task runs, disabling a
   dead host that is not forced down hangs (as real Nova's RPC to the dead compute does: the
   client times out), instances move through Nova's task states, one step per look at the
   server. It records every world-changing call, counts evacuations per instance and flags
@@ -215,9 +216,9 @@ class FakeCloud:
         if self.service_state(source) == "up":
             raise NovaError(f"evacuate server {server_id}: HTTP 400: Compute service of "
                             f"{source.name} is still in use.", status=400, retryable=False)
-        if server.task_state is not None:
-            raise NovaError(f"evacuate server {server_id}: HTTP 409: in task_state "
-                            f"{server.task_state}", status=409, retryable=True)
+        if server.task_state in ("rebuilding", "rebuild_spawning"):
+            # Nova's evacuate checks no task_state: two rebuilds race, both guests run
+            self.double_runs.append(f"{server.id}: evacuated again while being rebuilt")
         if server.vm_state not in ("active", "stopped", "error"):
             raise NovaError(f"evacuate server {server_id}: HTTP 409: vm_state "
                             f"{server.vm_state}", status=409, retryable=True)
@@ -301,6 +302,8 @@ class FakeNova:
         self.cloud = cloud
         self.dead = False
         self.after: list[Callable[[FakeNova, str, tuple[Any, ...]], None]] = []
+        # Awaited before a call reaches Nova (a process paused just before its call).
+        self.gate: Callable[[str, tuple[Any, ...]], Awaitable[None]] | None = None
 
     def kill(self) -> None:
         self.dead = True
@@ -309,6 +312,8 @@ class FakeNova:
         if self.dead:
             await asyncio.Event().wait()  # a killed process makes no more calls
         await asyncio.sleep(0)
+        if self.gate is not None:
+            await self.gate(op, args)
         result = await self.cloud.call(op, *args)
         for hook in self.after:
             hook(self, op, args)
@@ -449,8 +454,9 @@ def config(**changes: Any) -> RecoveryConfig:
 def engine(cluster: Cluster, cloud: FakeCloud, name: str = "a",
            **changes: Any) -> tuple[RecoveryEngine, FakeAgent, FakeNova]:
     agent, nova = FakeAgent(cluster, name), FakeNova(cloud)
+    grace = changes.pop("deposed_grace", 0.05)
     eng = RecoveryEngine(agent, nova, config(**changes), name, scan_interval=0.005,
-                         call_pause=0.001)
+                         call_pause=0.001, deposed_grace=grace)
     return eng, agent, nova
 
 
