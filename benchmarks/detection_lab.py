@@ -139,8 +139,10 @@ def one_run(lab: Lab, victim: str, kind: str, offset: float) -> dict[str, Any]:
             break
         time.sleep(max(0.0, POLL - (time.monotonic() - t_round)))
     window = time.monotonic() - t_kill
+    others_down = [n for n in survivors if lab.state(n) == STOPPED]
     r: dict[str, Any] = {"victim": victim, "kind": kind, "kill_to_gone_s": round(t_gone, 3),
                          "ok": stopped is not None and len(dead) == len(survivors),
+                         "others_down": others_down,
                          "poll_round_ms": round(window / rounds * 1000, 1),
                          "foreign_cpu_percent": foreign.percent()}
     r["gossip_first_suspect_s"] = round(min(suspected.values()), 3) if suspected else None
@@ -194,43 +196,54 @@ def no_open_incident(lab: Lab) -> bool:
 
 
 def recover(lab: Lab, victim: str) -> dict[str, Any]:
-    """Start the victim again; return once its incident is closed, all are alive and its
-    host's watchdog can no longer fire on the killed agent's deadline.
+    """Start the victim again; return once no incident is open, all are alive and no host's
+    watchdog can still fire on a killed agent's deadline.
 
     The killed agent left its host's watchdog armed with the deadline of its last committed
     renewal, and the new agent may not extend it before a renewal of its own commits: a
     restart within those ~10 s may be powered off, as a real host would be reset. Such a
     victim is started again (``lab.start`` powers the host on first; ``watchdog_restarts``
     counts it), and the next run waits until the switch holds a newer deadline, so no host
-    dies of an old deadline in the middle of another host's run.
+    dies of an old deadline in the middle of another host's run. Another host whose agent
+    fenced itself meanwhile (its renewals did not commit for lease_ttl - safety_margin) is
+    powered on and started the same way and named in ``self_fenced``: a finding, not noise.
     """
     t = time.monotonic()
     deadline = t + RECOVER_TIMEOUT
     old_deadline = lab.power_state(victim).get("armed_deadline")
     restarts = 0
+    self_fenced: list[str] = []
     lab.start(victim)
     while True:
-        if lab.state(victim) == STOPPED:
-            if lab.power_state(victim)["on"]:
-                raise RuntimeError(f"detection_lab: {victim} exited with its host powered on; "
-                                   f"see {lab.node(victim).log}")
-            restarts += 1
-            lab.start(victim)
+        for name in lab.names:
+            if lab.state(name) != STOPPED:
+                continue
+            if lab.power_state(name)["on"]:
+                raise RuntimeError(f"detection_lab: {name} exited with its host powered on; "
+                                   f"see {lab.node(name).log}")
+            if name == victim:
+                restarts += 1
+            else:
+                self_fenced.append(name)
+                print(f"  hagent: {name} fenced itself while {victim} was down; starting it again",
+                      flush=True)
+            lab.start(name)
         try:
-            power = lab.power_state(victim)
-            armed = power.get("armed_deadline")
-            rearmed = power["on"] and armed is not None and (old_deadline is None
-                                                              or armed > old_deadline)
+            power = {n: lab.power_state(n) for n in lab.names}
+            armed = {n: p.get("armed_deadline") for n, p in power.items()}
+            rearmed = all(p["on"] and armed[n] is not None for n, p in power.items()) and (
+                old_deadline is None or armed[victim] > old_deadline)
             if rearmed and no_open_incident(lab) and all_alive(lab):
                 break
         except LabError:
             pass
         if time.monotonic() > deadline:
-            raise RuntimeError(f"detection_lab: {victim} back (watchdog re-armed), its incident "
-                               f"closed and everyone alive: not within {RECOVER_TIMEOUT:g} s")
+            raise RuntimeError(f"detection_lab: {victim} back (watchdog re-armed), no incident "
+                               f"open and everyone alive: not within {RECOVER_TIMEOUT:g} s")
         time.sleep(0.05)
-    lab.wait_applied(timeout=RECOVER_TIMEOUT)  # every voter reads the closed incident
-    return {"recover_s": round(time.monotonic() - t, 2), "watchdog_restarts": restarts}
+    lab.wait_applied(timeout=RECOVER_TIMEOUT)  # every voter reads the closed incidents
+    return {"recover_s": round(time.monotonic() - t, 2), "watchdog_restarts": restarts,
+            "self_fenced": self_fenced}
 
 
 def watchdog_note(restarts: int) -> str:
@@ -261,6 +274,9 @@ def figures(per_run: list[dict[str, Any]]) -> dict[str, Any]:
     out["stopped_created_s"]["min"] = min((r["stopped_created_s"] for r in ok), default=None)
     out["proposal_lag_s"] = common.percentiles(
         [r["proposal_lag_s"] for r in ok if r["proposal_lag_s"] is not None], 1.0, 3)
+    out["self_fenced"] = [{"run": i + 1, "victim": r["victim"], "kind": r["kind"],
+                           "self_fenced": r["self_fenced"]}
+                          for i, r in enumerate(per_run) if r.get("self_fenced")]
     cpu = sorted(r["foreign_cpu_percent"] for r in per_run)
     out["foreign_cpu_percent_median"] = cpu[len(cpu) // 2] if cpu else None
     out["by_kind"] = {
@@ -432,6 +448,7 @@ def summary(doc: dict[str, Any]) -> list[tuple[str, Any, dict | None]]:
          doc["goals"]["stopped_committed_p99_s"]),
         ("kill -> STOPPED committed (poll) max (s)", h["stopped_poll_s"]["max"], None),
         ("failed runs", h["failed_runs"], None),
+        ("runs in which another host fenced itself", len(h.get("self_fenced", [])), None),
     ]
     for row in doc.get("side_by_side", [])[1:2]:
         for p in ("p50", "p99"):
@@ -482,6 +499,9 @@ def main(argv: list[str] | None = None) -> int:
     if any(doc["foreign_unscoped_bridge_rules"].values()):
         print(f"  WARNING: another lab's unscoped nftables rules hit every bridge: "
               f"{doc['foreign_unscoped_bridge_rules']}")
+    for event in doc["hagent"].get("self_fenced", []):
+        print(f"  run {event['run']} (killed {event['victim']}, {event['kind']}): "
+              f"{', '.join(event['self_fenced'])} fenced itself (renewals not committed)")
     for system in ("hagent", "corosync"):
         if "error" in doc[system]:
             print(f"  {system} stopped early: {doc[system]['error']}")
