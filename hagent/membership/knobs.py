@@ -95,8 +95,9 @@ class MembershipKnobs:
     #: so the cluster-wide push-pull traffic stays roughly flat. Repairs anything gossip lost.
     push_pull_interval: float = 30.0
     #: A member that just joined syncs once more with a random member between join_resync and
-    #: 2 x join_resync seconds later: its seed could not tell it about members that joined
-    #: while it did (their news was still spreading), and the periodic push-pull is minutes
+    #: 2 x join_resync seconds later, and gossips its Alive once more: its seed could not tell
+    #: it about members that joined while it did, an epidemic misses a member now and then
+    #: (~2 pairs when 1,000 members start together), and the periodic push-pull is minutes
     #: away in a big cluster.
     join_resync: float = 5.0
     #: Seconds a dead or left member stays listed (so operators and the agent see it) before it
