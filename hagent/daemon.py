@@ -47,6 +47,8 @@ from hagent.forward.metrics import register_forward_metrics
 from hagent.membership.service import MembershipService
 from hagent.metrics import register_agent_metrics, register_gossip_metrics
 from hagent.monitors.runner import Monitors
+from recovery.engine import RecoveryEngine
+from recovery.nova import NovaClient
 from hagent.spool import Spool
 from hagent.status_http import StatusServer
 from hagent.submitter import Submitter
@@ -128,6 +130,17 @@ class Agent:
             self.detection = DetectionService(
                 self, self.membership, _LeaseVerdicts(self.leases), self.name,
                 PolicyKnobs(up_damping=config.detection.up_damping), drivers)
+        self.recovery: RecoveryEngine | None = None
+        if config.recovery.enabled and config.is_voter:
+            # Every voter may become the leader that recovers; the engine acts only while
+            # this node leads (recovery/engine.py).
+            self._nova = NovaClient.from_config(config.recovery)
+            fencing = config.fencing
+            self.recovery = RecoveryEngine(
+                self, self._nova, config.recovery, self.name,
+                term_of=lambda: self.backend.raft.status()["term"],
+                unsafe=fencing.watchdog_mode == "off" or fencing.watchdog_driver == "none",
+                deposed_grace=fencing.lease_ttl)
         self.admin = AdminServer(self, config.admin)
         self.status_server = StatusServer(self, config.status.bind)
         register_agent_metrics(self)
@@ -144,6 +157,8 @@ class Agent:
             parts.append(Component("membership", self.membership.start, self.membership.stop))
         if self.detection is not None:
             parts.append(Component("detection", self.detection.start, self.detection.stop))
+        if self.recovery is not None:
+            parts.append(Component("recovery", self._start_recovery, self._stop_recovery))
         parts += [
             Component("admin socket", self.admin.start, self.admin.stop),
             Component("status endpoint", self.status_server.start, self.status_server.stop),
@@ -152,6 +167,17 @@ class Agent:
             Component("monitors", self.monitors.start, self.monitors.stop),
         ]
         return parts
+
+    async def _start_recovery(self) -> None:
+        assert self.recovery is not None
+        await self.recovery.start()
+        self.backend.add_apply_observer(self.recovery.observe)
+
+    async def _stop_recovery(self) -> None:
+        assert self.recovery is not None
+        self.backend.remove_apply_observer(self.recovery.observe)
+        await self.recovery.stop()
+        self._nova.close()
 
     # --- AgentNode -------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -162,6 +188,8 @@ class Agent:
         status["monitors"] = self.monitors.status()
         if self.detection is not None:
             status["detection"] = dict(self.detection.counters)
+        if self.recovery is not None:
+            status["recovery"] = self.recovery.status()
         if self.membership is not None:
             snap = self.membership.snapshot()
             status["members"] = [{"name": m["name"], "state": m["state"],
@@ -273,6 +301,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
         for task in tasks:
             task.cancel()
         for part in reversed(started):
+            log.debug("stopping the %s", part.name)
             try:
                 await _call(part.stop)
             except Exception:  # stop the rest regardless

@@ -274,7 +274,10 @@ class NovaClient:
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
         try:
-            return await asyncio.wait_for(future, self.timeout)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for may lose a cancellation that
+            # lands as the call returns, and the engine's stop() must end the caller.
+            async with asyncio.timeout(self.timeout):
+                return await future
         except TimeoutError:
             raise NovaError(f"{what}: no answer within {self.timeout:g} s (recovery.nova_timeout)",
                             status=None, retryable=True) from None

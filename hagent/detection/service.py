@@ -152,7 +152,9 @@ class DetectionService:
 
     # --- the loop ----------------------------------------------------------------------
     async def _run(self) -> None:
-        while True:
+        # ``while self._running``: a cancellation that lands as the wake event fires can be
+        # lost (asyncio.wait_for on 3.11), and stop() must still end this loop.
+        while self._running:
             now = self._clock()
             leader = self._agent.is_leader()
             if leader != self.policy.is_leader:
@@ -168,9 +170,9 @@ class DetectionService:
             self._execute(self.policy.tick(self._clock()))
             self._wake.clear()
             try:
-                await asyncio.wait_for(self._wake.wait(), self._tick_interval if leader
-                                       else self._follower_poll)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(self._tick_interval if leader else self._follower_poll):
+                    await self._wake.wait()
+            except TimeoutError:
                 pass
 
     async def _refresh(self) -> None:

@@ -234,7 +234,10 @@ class InstanceMonitor:
         assert self._closed is not None and self._conn is not None
         while True:
             try:
-                await asyncio.wait_for(self._closed.wait(), ALIVE_CHECK)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for may lose a cancellation
+                # that lands as the event fires, and stop() must end this wait.
+                async with asyncio.timeout(ALIVE_CHECK):
+                    await self._closed.wait()
                 return self._close_reason or "closed"
             except TimeoutError:
                 conn = self._conn
