@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping, Protocol
 
 from hagent.detection.policy import Action, Fence, HostEventPolicy, Notice, PolicyKnobs, Propose
 from hagent.fencing.ipmi import IpmiFenceDriver
+from hagent.fencing.lab_bmc import LabBmcFenceDriver
 from hagent.fencing.redfish import RedfishFenceDriver
 from hagent.membership.events import MemberAlive, MemberDead, MemberLeft, MemberSuspect
 
@@ -28,9 +29,11 @@ log = logging.getLogger(__name__)
 # no failure). MemberUpdated and MemberRefuted say nothing about liveness.
 _EVENT_STATES: dict[type, str] = {MemberAlive: "alive", MemberSuspect: "suspect",
                                   MemberDead: "dead", MemberLeft: "left"}
-# Fence driver methods host.fenced records (consensus/model.py FENCE_METHODS, but "lease").
-_DRIVER_METHODS = ("ipmi", "redfish")
-_DRIVER_CLASSES = ((IpmiFenceDriver, "ipmi"), (RedfishFenceDriver, "redfish"))
+# Fence driver methods host.fenced records (consensus/model.py FENCE_METHODS, but "lease";
+# "lab" is the lab's BMC stand-in, hagent/fencing/lab_bmc.py).
+_DRIVER_METHODS = ("ipmi", "redfish", "lab")
+_DRIVER_CLASSES = ((IpmiFenceDriver, "ipmi"), (RedfishFenceDriver, "redfish"),
+                   (LabBmcFenceDriver, "lab"))
 
 
 class AgentLike(Protocol):
@@ -54,8 +57,9 @@ class FenceResultLike(Protocol):
 
 
 class FenceDriverLike(Protocol):
-    """hagent.fencing's IpmiFenceDriver/RedfishFenceDriver, or any object with a ``method``
-    ("ipmi" | "redfish": what host.fenced records) and this coroutine."""
+    """hagent.fencing's IpmiFenceDriver/RedfishFenceDriver/LabBmcFenceDriver, or any object
+    with a ``method`` ("ipmi" | "redfish" | "lab": what host.fenced records) and this
+    coroutine."""
 
     async def power_off(self) -> FenceResultLike: ...
 
@@ -89,8 +93,8 @@ class DetectionService:
         for host, method in methods.items():
             if method is None:
                 raise ValueError(f"the fence driver of host {host!r} ({self._drivers[host]!r}) "
-                                 f"is neither an IPMI nor a Redfish driver, nor has a `method` "
-                                 f"of {' or '.join(_DRIVER_METHODS)}")
+                                 f"is neither an IPMI, a Redfish nor a lab driver, nor has a "
+                                 f"`method` of {' or '.join(_DRIVER_METHODS)}")
         self._agent = agent
         self._membership = membership
         self._judge = judge

@@ -9,6 +9,9 @@ and returns a driver that is ready to use: the password file has been checked (p
 line), ipmitool found, the CA file loaded. Anything wrong raises FenceConfigError naming the
 host, the key and the fix, so a bad spec stops start-up rather than a fence in the middle of
 a failure. ``SPEC_KEYS`` declares every key once, with its default and the reason for it.
+
+Driver ``lab`` is the lab's BMC stand-in (``lab_bmc.py``): it powers a lab host off through
+its simulated power switch (key ``socket``), so the fence-driver path runs in a lab.
 """
 from __future__ import annotations
 
@@ -19,10 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from hagent.fencing import ipmi, redfish
+from hagent.fencing import ipmi, lab_bmc, redfish
 from hagent.fencing.external import FenceConfigError, FenceDriver
 
-DRIVERS = ("ipmi", "redfish")
+BMC_DRIVERS = ("ipmi", "redfish")   # real BMCs, reached over the network with credentials
+DRIVERS = (*BMC_DRIVERS, "lab")
 REQUIRED = object()  # marks a key without a default
 
 
@@ -36,16 +40,18 @@ class SpecKey:
 
 
 SPEC_KEYS: dict[str, SpecKey] = {
-    "driver": SpecKey(REQUIRED, DRIVERS, "`ipmi` (ipmitool, IPMI 2.0 lanplus) or `redfish`."),
-    "address": SpecKey(REQUIRED, DRIVERS, "The BMC's host name or IP address (no port, no "
+    "driver": SpecKey(REQUIRED, DRIVERS, "`ipmi` (ipmitool, IPMI 2.0 lanplus), `redfish`, or "
+                      "`lab` (the lab's simulated power switch standing in for a BMC; labs "
+                      "only)."),
+    "address": SpecKey(REQUIRED, BMC_DRIVERS, "The BMC's host name or IP address (no port, no "
                        "scheme): the management controller, not the host itself."),
-    "port": SpecKey(None, DRIVERS, "The BMC's port; default the protocol's standard one: "
+    "port": SpecKey(None, BMC_DRIVERS, "The BMC's port; default the protocol's standard one: "
                     "623/udp for ipmi (RMCP+), 443/tcp for redfish (HTTPS)."),
-    "username": SpecKey(REQUIRED, DRIVERS, "The BMC user. It must be allowed to power the "
+    "username": SpecKey(REQUIRED, BMC_DRIVERS, "The BMC user. It must be allowed to power the "
                         "system off: for ipmi the ADMINISTRATOR privilege (ipmitool's default "
                         "session level, as fence_ipmilan's), for redfish a role allowed "
                         "ComputerSystem.Reset (Operator or Administrator)."),
-    "password_file": SpecKey(REQUIRED, DRIVERS, "File holding the BMC password on one line, "
+    "password_file": SpecKey(REQUIRED, BMC_DRIVERS, "File holding the BMC password on one line, "
                              "mode 0600 (refused if group or others may read it). Never the "
                              "password itself: configs get copied and shown."),
     "system_id": SpecKey(None, ("redfish",), "Id of the system under /redfish/v1/Systems; "
@@ -55,6 +61,9 @@ SPEC_KEYS: dict[str, SpecKey] = {
     "ca_file": SpecKey(None, ("redfish",), "PEM CA certificate that signed the BMC's "
                        "certificate, when not a system-trusted CA (BMCs usually have "
                        "self-signed or private-CA certificates)."),
+    "socket": SpecKey(REQUIRED, ("lab",), "Unix socket of the lab host's power switch "
+                      "(hagent.lab.hostpower; `hagent.lab.configs.power_socket_path`). The lab "
+                      "writes it."),
     "timeout": SpecKey(10.0, DRIVERS, "Seconds one BMC call (one ipmitool run, one HTTP "
                        "request) may take. BMCs are slow embedded computers that can take "
                        "seconds per request; ipmitool's own retries give up after ~6 s."),
@@ -69,7 +78,7 @@ SPEC_KEYS: dict[str, SpecKey] = {
 
 def make_fence_driver(spec: Mapping[str, Any], *, host: str) -> FenceDriver:
     """A ready FenceDriver for ``host`` from its spec; FenceConfigError naming the bad key."""
-    address = spec.get("address")
+    address = spec.get("socket") if spec.get("driver") == "lab" else spec.get("address")
     bmc = address if isinstance(address, str) and address else "(no address)"
 
     def bad(key: str, problem: str, fix: str | None = None) -> FenceConfigError:
@@ -105,6 +114,8 @@ def make_fence_driver(spec: Mapping[str, Any], *, host: str) -> FenceDriver:
     if values["poll_interval"] >= values["power_off_timeout"]:
         raise bad("poll_interval", f"{values['poll_interval']:g} s is not below "
                   f"power_off_timeout ({values['power_off_timeout']:g} s)")
+    if driver == "lab":
+        return lab_bmc.LabBmcFenceDriver(host=host, **values)
     if driver == "ipmi":
         return ipmi.IpmiFenceDriver(host=host, **_with_port(values, ipmi.DEFAULT_PORT))
     return redfish.RedfishFenceDriver(host=host, **_with_port(values, redfish.DEFAULT_PORT))
@@ -162,5 +173,5 @@ def _path(value: Any) -> Path:
 _PARSERS: dict[str, Callable[[Any], Any]] = {
     "address": _address, "port": _port, "username": _text, "password_file": _path,
     "system_id": _text, "verify_tls": _flag, "ca_file": _path, "timeout": _seconds,
-    "power_off_timeout": _seconds, "poll_interval": _seconds,
+    "power_off_timeout": _seconds, "poll_interval": _seconds, "socket": _path,
 }

@@ -170,7 +170,7 @@ class Lab:
            config_extra: dict[str, dict[str, Any]] | None = None,
            env: dict[str, str] | None = None, picker: PortPicker | None = None,
            netns: bool = False, libvirt: bool = False, nova: bool = False,
-           instances: int = 0, nova_timings: Any = None) -> Lab:
+           instances: int = 0, nova_timings: Any = None, bmc: bool = False) -> Lab:
         """Start ``nodes`` agents (the first ``voters`` vote), wait until all are ready,
         register segment ``lab`` and one host per agent. Raises LabError (after stopping what
         it started) if the agents are not ready within ``timeout`` seconds.
@@ -182,7 +182,10 @@ class Lab:
         per agent, powered by the agents' power switches; it writes ``DIR/clouds.yaml`` and
         the agents recover through it. ``instances``: boot that many, three in four with
         metadata HA_Enabled=True, spread over the hosts. ``nova_timings``: its
-        ``Timings`` (default: close to real Nova's).
+        ``Timings`` (default: close to real Nova's). ``bmc``: ``DIR/bmc.toml`` names each
+        host's power switch as its fence driver (``driver = "lab"``), in every config's
+        ``fencing.bmc_inventory``: the leader powers a dead host off through it and needs no
+        lease expiry (docs/fence-drivers.md).
         """
         voters = configs.default_voters(nodes) if voters is None else voters
         configs.check_sizes(nodes, voters)
@@ -216,7 +219,7 @@ class Lab:
                                                forward_ports=ports[voters:2 * voters],
                                                gossip_ports=ports[2 * voters + nodes:])
                 configs.write_node_files(plans, secret, config_extra, libvirt=libvirt,
-                                         nova=nova)
+                                         nova=nova, bmc=bmc)
                 lab = cls(lab_dir, [LabNode.from_plan(p, network, libvirt) for p in plans])
                 lab._env = env
                 try:

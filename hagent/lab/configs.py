@@ -34,6 +34,7 @@ LOG_FILE = "agent.log"
 KEY_FILE = "node.key"
 NOVA_CLOUDS = "clouds.yaml"   # written by the lab's Nova simulator (hagent.lab.nova)
 NOVA_CLOUD = "hagent-lab"     # its entry under clouds:
+BMC_INVENTORY = "bmc.toml"    # `lab up --bmc`: every host's power switch as its fence driver
 #: Ports every node of a netns lab binds on its own address, as in docs/configuration.md's
 #: examples; each node has an address of its own there, so they never collide.
 DEPLOYMENT_PORTS = {"raft": 7170, "forward": 7171, "gossip": 7172, "status": 7180}
@@ -192,7 +193,8 @@ def node_config(plan: NodePlan, voter_addresses: list[str], secret: Path,
                 extra: dict[str, dict[str, Any]] | None = None, *,
                 forward_endpoints: list[str], public_keys: dict[str, str],
                 voter_keys: list[str], gossip_seeds: list[str],
-                libvirt: bool = False, nova: bool = False) -> dict[str, dict[str, Any]]:
+                libvirt: bool = False, nova: bool = False,
+                bmc_inventory: Path | None = None) -> dict[str, dict[str, Any]]:
     """The TOML document (as nested dicts) for one lab agent; ``extra`` overrides per section.
 
     ``public_keys`` maps every node's name to its Z85 public key (every node's allow-list
@@ -200,6 +202,8 @@ def node_config(plan: NodePlan, voter_addresses: list[str], secret: Path,
     ``voter_addresses`` order, and the voters' gossip addresses (``gossip_seeds``, same order)
     are every node's seeds. Only a voter's config names the Raft secret. ``libvirt``: the
     instance monitor watches the node's own simulated hypervisor (``plan.libvirt_uri``).
+    ``bmc_inventory``: the lab's BMC inventory (``write_bmc_inventory``), so the leader
+    powers a dead host off through its switch instead of waiting for its lease.
     """
     raft: dict[str, Any] = {"voters": list(voter_addresses)}
     if plan.voter:
@@ -219,6 +223,8 @@ def node_config(plan: NodePlan, voter_addresses: list[str], secret: Path,
         # agent stops seeing its lease renewals committed (docs/fencing.md).
         "fencing": {"watchdog_driver": "lab", "lab_power_socket": str(plan.power_socket)},
     }
+    if bmc_inventory is not None:
+        doc["fencing"]["bmc_inventory"] = str(bmc_inventory)
     if libvirt:
         doc["monitors"] = {"instance_enabled": True, "libvirt_uri": plan.libvirt_uri}
     # With the lab's Nova simulator, the leader recovers through it (the clouds.yaml the
@@ -254,11 +260,22 @@ def render_toml(doc: dict[str, dict[str, Any]]) -> str:
     return "".join(out)
 
 
+def write_bmc_inventory(lab_dir: Path, plans: list[NodePlan]) -> Path:
+    """``DIR/bmc.toml``: each host's power switch as its fence driver (``driver = "lab"``,
+    hagent/fencing/lab_bmc.py), the lab's stand-in for a BMC inventory; its path."""
+    doc = {f"hosts.{p.name}": {"driver": "lab", "socket": str(p.power_socket)} for p in plans}
+    path = Path(lab_dir) / BMC_INVENTORY
+    tmp = path.with_suffix(".toml.tmp")
+    tmp.write_text(render_toml(doc))
+    os.replace(tmp, path)
+    return path
+
+
 def write_node_files(plans: list[NodePlan], secret: Path,
                      extra: dict[str, dict[str, Any]] | None = None,
-                     libvirt: bool = False, nova: bool = False) -> None:
+                     libvirt: bool = False, nova: bool = False, bmc: bool = False) -> None:
     """Create each node's directories, write its CURVE key pair (a new one each time) and its
-    ``hagent.toml``."""
+    ``hagent.toml``; with ``bmc``, the lab's BMC inventory too, named in every config."""
     from hagent.forward.keys import write_key_pair
 
     voter_addresses = [p.raft_address for p in plans if p.voter]
@@ -270,11 +287,13 @@ def write_node_files(plans: list[NodePlan], secret: Path,
         public_keys[plan.name] = write_key_pair(plan.key_file, overwrite=True).public
     voter_keys = [public_keys[p.name] for p in plans if p.voter]
     gossip_seeds = [p.gossip_address for p in plans if p.voter]
+    inventory = write_bmc_inventory(plans[0].dir.parent, plans) if bmc and plans else None
     for plan in plans:
         text = render_toml(node_config(plan, voter_addresses, secret, extra,
                                        forward_endpoints=forward_endpoints,
                                        public_keys=public_keys, voter_keys=voter_keys,
-                                       gossip_seeds=gossip_seeds, libvirt=libvirt, nova=nova))
+                                       gossip_seeds=gossip_seeds, libvirt=libvirt, nova=nova,
+                                       bmc_inventory=inventory))
         tmp = plan.config.with_suffix(".toml.tmp")
         tmp.write_text(text)
         os.replace(tmp, plan.config)
