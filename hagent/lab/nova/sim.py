@@ -65,16 +65,18 @@ class NovaSim:
               port: int = 0, lab_dir: Path | str | None = None,
               timings: Timings | None = None, host_specs: dict[str, HostSpec] | None = None,
               cloud: str = DEFAULT_CLOUD, max_version: str | None = None,
-              log_file: Path | None = None) -> NovaSim:
+              log_file: Path | None = None, bind: str = "127.0.0.1") -> NovaSim:
         """Start a simulator for ``hosts`` writing ``DIR/clouds.yaml`` and ``DIR/nova.json``.
-        ``lab_dir``: read the hosts' power switches from ``lab_dir/power.json``."""
+        ``lab_dir``: read the hosts' power switches from ``lab_dir/power.json``. ``bind``:
+        the address it listens on and writes into ``clouds.yaml`` (a netns lab's agents
+        reach the root namespace only through the bridge's address, not 127.0.0.1)."""
         directory = Path(directory).resolve()
         directory.mkdir(parents=True, exist_ok=True)
         (directory / STATE_FILE).unlink(missing_ok=True)
         lab = Path(lab_dir).resolve() if lab_dir else None
         if in_process:
             from hagent.lab.nova import versions
-            server = NovaServer(list(hosts), port=port, lab_dir=lab, timings=timings,
+            server = NovaServer(list(hosts), bind=bind, port=port, lab_dir=lab, timings=timings,
                                 host_specs=host_specs,
                                 max_version=versions.parse(max_version) if max_version
                                 else versions.MAX_VERSION)
@@ -82,7 +84,8 @@ class NovaSim:
             server.write_files(directory, cloud)
             return cls(directory, _read_record(directory), server=server)
         args = [sys.executable, "-m", "hagent.lab.nova", "--dir", str(directory),
-                "--hosts", ",".join(hosts), "--port", str(port), "--cloud", cloud]
+                "--hosts", ",".join(hosts), "--bind", bind, "--port", str(port),
+                "--cloud", cloud]
         if lab:
             args += ["--lab-dir", str(lab)]
         if timings:
