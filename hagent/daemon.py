@@ -129,7 +129,10 @@ class Agent:
                        if config.fencing.bmc_inventory else {})
             self.detection = DetectionService(
                 self, self.membership, _LeaseVerdicts(self.leases), self.name,
-                PolicyKnobs(up_damping=config.detection.up_damping), drivers)
+                PolicyKnobs(up_damping=config.detection.up_damping), drivers,
+                # A follower checks four times a second whether it became leader: a new
+                # leader must take over detection at once, not up to a second later.
+                follower_poll=0.25)
         self.recovery: RecoveryEngine | None = None
         if config.recovery.enabled and config.is_voter:
             # Every voter may become the leader that recovers; the engine acts only while
