@@ -7,7 +7,8 @@ crashes is reported as such and the others still run.
 
 Run: python -m benchmarks.run [--quick] [--only NAME[,NAME...]]
 ``--quick`` (about 3 minutes) shortens every phase and skips the non-voter comparison;
-the full run takes about 10 minutes on a 2-core machine.
+the full run takes about 10 minutes on a 2-core machine, plus ~20 for ``detection_sim``
+(1,000 simulated members).
 """
 from __future__ import annotations
 
