@@ -43,8 +43,8 @@ PAUSE_EVERY = 10.0
 PAUSE_LENGTH = 3.0
 LOSS = 0.10
 #: Simulated seconds of the loss and pause runs at 1,000 nodes (smaller sizes: an hour, or
-#: 5 minutes with --quick). Under 10 % loss ~15 suspicions a second are raised at 1,000 nodes and each
-#: is gossiped to everyone: the simulation then runs ~5x slower than real time.
+#: 5 minutes with --quick). Under 10 % loss ~17 suspicions a second are raised at 1,000 nodes
+#: and each is gossiped to everyone: the simulation then runs ~4x slower than real time.
 BIG = {"loss": 60.0, "pauses": 600.0}
 GOAL_P99 = {10: 2.0, 1000: 5.0}
 GOAL_FLAT = 1.2  # max/min of messages per node per second across sizes
@@ -105,8 +105,8 @@ def steady_and_detection(n: int, quick: bool, base_seed: int, wire: bool) -> dic
         "first_dead_s": common.percentiles(first, nd=3),
         "all_dead_s": common.percentiles(every, nd=3),
         "never_detected": sum(1 for d in det if d.first_s is None),
-        "not_by_all": [{"subject": d.subject, "at": round(d.crashed_at, 3), "missing": len(d.missing)}
-                       for d in det if d.all_s is None][:10],
+        "not_by_all": [{"subject": d.subject, "at": round(d.crashed_at, 3),
+                        "missing": len(d.missing)} for d in det if d.all_s is None][:10],
         "false_dead": len(false), "false_dead_first": [tuple(r) for r in false[:5]],
         "msgs_per_node_s": round(meter.rate(), 3),
         "msgs_by_type": {k: v - types_before.get(k, 0) for k, v in sorted(sim.msg_types.items())},
@@ -124,7 +124,8 @@ def false_verdicts(n: int, base_seed: int, wire: bool, kind: str, seconds: float
     if kind == "loss":
         sim.set_loss(LOSS)
     else:
-        sim_analysis.random_pauses(sim, every=PAUSE_EVERY, length=PAUSE_LENGTH, until=sim.now + seconds)
+        sim_analysis.random_pauses(sim, every=PAUSE_EVERY, length=PAUSE_LENGTH,
+                                   until=sim.now + seconds)
     t = time.perf_counter()
     sim.run_for(seconds)
     false = sim_analysis.false_dead(sim)
@@ -184,7 +185,8 @@ def _goals(sizes: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         goals[f"false_dead_{n}"] = common.goal(total, "<=", 0, "verdicts")
     rates = [d["quiet"]["msgs_per_node_s"] for d in sizes.values()]
     if len(rates) > 1 and min(rates) > 0:
-        goals["msgs_flat"] = common.goal(round(max(rates) / min(rates), 3), "<=", GOAL_FLAT, "max/min")
+        goals["msgs_flat"] = common.goal(round(max(rates) / min(rates), 3), "<=", GOAL_FLAT,
+                                         "max/min")
     return goals
 
 
@@ -198,11 +200,13 @@ def summary(doc: dict[str, Any]) -> list[tuple[str, Any, dict | None]]:
                      f"{f['p50']} / {f['p99']}", goals.get(f"detect_p99_{n}")))
         rows.append((f"{n} nodes: all dead p50 / p99 (s)", f"{a['p50']} / {a['p99']}", None))
         rows.append((f"{n} nodes: false dead (crashes / loss / pauses)",
-                     f"{det['false_dead']} / {d['loss']['false_dead']} / {d['pauses']['false_dead']}",
+                     f"{det['false_dead']} / {d['loss']['false_dead']} / "
+                     f"{d['pauses']['false_dead']}",
                      goals.get(f"false_dead_{n}")))
         rows.append((f"{n} nodes: msgs per node per s", d["quiet"]["msgs_per_node_s"], None))
     if "msgs_flat" in goals:
-        rows.append(("msgs/node/s max/min across sizes", goals["msgs_flat"]["value"], goals["msgs_flat"]))
+        flat = goals["msgs_flat"]
+        rows.append(("msgs/node/s max/min across sizes", flat["value"], flat))
     return rows
 
 

@@ -69,7 +69,8 @@ class Network:
     group, and every name listed in no group belongs to one more group made of all of them.
     """
 
-    def __init__(self, rng: random.Random, latency: Latency | None = None, loss: float = 0.0) -> None:
+    def __init__(self, rng: random.Random, latency: Latency | None = None,
+                 loss: float = 0.0) -> None:
         self.rng = rng
         self.latency: Latency = latency or Constant()
         self.loss = loss

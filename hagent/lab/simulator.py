@@ -129,7 +129,10 @@ class SimNode:
         self.live = 0                   # subjects alive or suspect in ``view``
 
 
-NodeFactory = Callable[[str, str, MembershipKnobs, random.Random, float, "dict[str, str] | None"], Membership]
+#: Builds a node's core: (name, address, knobs, rng, now, meta) -> Membership. The default
+#: is Membership itself; tests of the simulator's own plumbing may pass something smaller.
+NodeFactory = Callable[[str, str, MembershipKnobs, random.Random, float, "dict[str, str] | None"],
+                       Membership]
 
 
 def fake_key(name: str) -> str:
@@ -153,7 +156,7 @@ class SimConfig:
     join_spread: float | None = None  # seconds over which nodes start; None: 10 ms per node
     seed_nodes: int = 3               # the first names are every node's configured seeds
     inbox_limit: int | None = None    # messages a paused node buffers; None: no limit
-    with_meta: bool = True
+    with_meta: bool = True            # meta["key"] as the real shell sets it (realistic sizes)
 
 
 class Simulator:
@@ -345,7 +348,8 @@ class Simulator:
         if delay is None:
             self.dropped["lost"] += 1
             return
-        heapq.heappush(self._heap, (self.now + delay, next(self._seq), _DELIVER, dst, node.name, payload))
+        heapq.heappush(self._heap, (self.now + delay, next(self._seq), _DELIVER, dst, node.name,
+                                    payload))
 
     def _deliver(self, dst: SimNode, src: str, payload: Any) -> None:
         state = dst.state
@@ -370,7 +374,7 @@ class Simulator:
         node.received += 1
         if self._wire:
             try:
-                msg = self._decode(payload)
+                msg = self._decode(payload, self.config.knobs.max_message_bytes)
             except self._decode_error:
                 node.decode_errors += 1
                 self.dropped["decode_error"] += 1
@@ -399,7 +403,8 @@ class Simulator:
             node.view[ev.name] = kind
             node.live += (kind in _LIVE) - (was in _LIVE)
         self.records.append(rec)
-        self._digest.update(f"{rec.t!r}|{observer}|{kind}|{rec.subject}|{rec.incarnation}\n".encode())
+        self._digest.update(
+            f"{rec.t!r}|{observer}|{kind}|{rec.subject}|{rec.incarnation}\n".encode())
 
     # --- faults -------------------------------------------------------------------------
 
@@ -517,7 +522,8 @@ class Simulator:
 
     def sent_total(self) -> int:
         """Messages sent by every process so far, crashed ones included."""
-        return self._sent_retired + sum(n.sent for n in self.nodes.values() if n.state in (UP, PAUSED))
+        return self._sent_retired + sum(n.sent for n in self.nodes.values()
+                                        if n.state in (UP, PAUSED))
 
     def bytes_total(self) -> int:
         return self._bytes_retired + sum(n.sent_bytes for n in self.nodes.values()

@@ -7,8 +7,6 @@ import random
 import subprocess
 import sys
 
-import pytest
-
 from hagent.lab import sim_analysis
 from hagent.lab.sim_network import Constant, LogNormal, Network, Uniform
 from hagent.lab.simulator import SimConfig, Simulator
