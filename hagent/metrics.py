@@ -4,9 +4,11 @@ Three kinds:
 
 - **read at scrape time** (``StatusCollector``): Raft term, commit/applied index,
   leadership, log size, readiness, notifications by status, spool depth and
-  submissions. They are read from ``node.status()`` when Prometheus scrapes, so no
-  part of the agent has to remember to push a value and a scrape never shows a
-  number older than the scrape itself.
+  submissions, leases, detection, monitors and, on voters, the recovery engine
+  (``status()["recovery"]``: runs, their ends, evacuations, Nova calls; and the
+  engine's recent recovery durations). They are read from ``node.status()`` when
+  Prometheus scrapes, so no part of the agent has to remember to push a value and a
+  scrape never shows a number older than the scrape itself.
 - **counted as things happen** (``AgentMetrics`` counters): admin requests by verb
   and result, malformed admin requests, refused admin peers. Only the admin server
   sees those events.
@@ -24,6 +26,7 @@ registering the same metric twice.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from typing import Any, Iterator
 
@@ -116,6 +119,9 @@ class StatusCollector(Collector):
                 yield CounterMetricFamily(f"{PREFIX}_detection_{key}", doc,
                                           value=float(detection[key]))
         yield from monitor_metrics(st.get("monitors") or {})
+        if isinstance(st.get("recovery"), dict):
+            engine = getattr(self._node_ref, "recovery", None)
+            yield from recovery_metrics(st["recovery"], getattr(engine, "durations", None) or {})
 
 
 #: The leader's detection counters (hagent.detection.service) shown in /metrics.
@@ -125,6 +131,79 @@ DETECTION_COUNTERS = {
     "fence_calls": "Fence driver (IPMI/Redfish) power-off calls this node made as leader",
     "fence_failures": "Of those, calls that did not confirm power-off",
 }
+
+
+#: The recovery engine's counters (recovery/engine.py) shown in /metrics: counter name ->
+#: (metric name, help). They count what this voter's engine did while it led, since it
+#: started; sum them over the voters for the cluster's figures.
+RECOVERY_COUNTERS = {
+    "claims": ("claims", "Terms this node claimed recovery in (it became the recovering leader)"),
+    "runs": ("runs", "Recoveries started: a notification moved to running (first run or retry)"),
+    "expired": ("expired", "Notifications failed as older than notification_expiry"),
+    "nova_calls": ("nova_calls", "Calls to Nova that change something (force down, disable, "
+                                 "evacuate, stop, start, ...)"),
+    "nova_errors": ("nova_errors", "Of those, calls Nova failed (each retry counted)"),
+}
+#: Engine counters of how recoveries ended, as the ``status`` label of one counter.
+RECOVERY_ENDS = {"finished": "finished", "ignored": "ignored", "errors": "error",
+                 "failed": "failed"}
+#: Quantiles of the recent recovery durations shown (1 is the longest).
+DURATION_QUANTILES = (0.5, 0.9, 1.0)
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    """Nearest-rank quantile of a sorted, non-empty list."""
+    return ordered[max(math.ceil(q * len(ordered)) - 1, 0)]
+
+
+def recovery_metrics(engine: dict[str, Any], durations: dict[str, list[float]]) -> Iterator[Metric]:
+    """A voter's recovery engine: ``engine`` is its ``status()`` (counters, ``leading_term``,
+    ``in_progress``), ``durations`` its recent recovery durations by notification type
+    (seconds from generated_time to finished/failed; the engine keeps the last 100 of each).
+
+    The durations are a sliding window, not a running total, so they are shown as gauges
+    (quantiles, the latest, the window's size) rather than as a histogram whose counts
+    Prometheus expects never to drop."""
+    p = f"{PREFIX}_recovery"
+    yield GaugeMetricFamily(f"{p}_leading", "1 while this node's engine holds the recovery "
+                            "claim of the current term (it is the one recovering)",
+                            value=0.0 if engine.get("leading_term") is None else 1.0)
+    yield GaugeMetricFamily(f"{p}_in_progress", "Notifications this node is recovering now",
+                            value=float(len(engine.get("in_progress") or ())))
+    for key, (name, doc) in RECOVERY_COUNTERS.items():
+        if key in engine:
+            yield CounterMetricFamily(f"{p}_{name}", doc, value=float(engine[key]))
+    ends = CounterMetricFamily(f"{p}_ended", "Recoveries this node ended, by the status they "
+                               "ended in (error: to be retried; failed: for good)",
+                               labels=["status"])
+    for key, status in RECOVERY_ENDS.items():
+        ends.add_metric([status], float(engine.get(key, 0)))
+    yield ends
+    evacuations = CounterMetricFamily(f"{p}_evacuations", "Instance evacuations this node "
+                                      "finished, by result", labels=["result"])
+    for result in ("succeeded", "failed"):
+        evacuations.add_metric([result], float(engine.get(f"evacuations_{result}", 0)))
+    yield evacuations
+    quantiles = GaugeMetricFamily(f"{p}_duration_seconds", "Recent recoveries this node ended "
+                                  "(finished or failed): seconds from the notification's "
+                                  "generated_time, by quantile over the window",
+                                  labels=["type", "quantile"])
+    latest = GaugeMetricFamily(f"{p}_last_duration_seconds", "The latest recovery this node "
+                               "ended: seconds from the notification's generated_time",
+                               labels=["type"])
+    window = GaugeMetricFamily(f"{p}_duration_window", "Recoveries the duration quantiles "
+                               "cover (the engine keeps the latest of each type)",
+                               labels=["type"])
+    for kind, values in sorted(durations.items()):
+        values = list(values)  # the engine appends on its own thread meanwhile
+        if not values:
+            continue
+        ordered = sorted(values)
+        for q in DURATION_QUANTILES:
+            quantiles.add_metric([kind, f"{q:g}"], _quantile(ordered, q))
+        latest.add_metric([kind], values[-1])
+        window.add_metric([kind], float(len(values)))
+    yield from (quantiles, latest, window)
 
 
 def _lease_metrics(lease: dict[str, Any]) -> Iterator[Metric]:

@@ -236,6 +236,45 @@ async def notification_show(node: AgentNode, args: dict[str, Any]) -> Any:
     return _found(await _query(node, "get_notification", notification_uuid=key), "notification", key)
 
 
+# --- vmoves (per-instance progress of a host recovery) -------------------------------------
+#: Sort keys and filters of ``vmove.list``: Masakari's (masakari/api/openstack/ha/vmoves.py)
+#: plus the fields an operator looks an instance up by.
+VMOVE_SORT_KEYS = ("created_at", "updated_at", "type", "status", "start_time", "end_time",
+                   "instance_uuid", "instance_name", "source_host", "dest_host")
+VMOVE_FILTERS = ("type", "status")
+
+
+async def vmove_list(node: AgentNode, args: dict[str, Any]) -> Any:
+    """The vmoves of a COMPUTE_HOST notification, one per instance, filtered, sorted
+    (default ``created_at`` desc, as Masakari) and paged by ``marker`` (an instance uuid)
+    and ``limit``. Read from the notification record, so always as fresh as its show."""
+    _no_unknown(args, {"notification_uuid"} | _LIST_ARGS)
+    key = _arg(args, "notification_uuid")
+    q = _list_args(args)
+    unknown = sorted(set(q["filters"]) - set(VMOVE_FILTERS))
+    if unknown:
+        raise VerbError(f"unknown filter {', '.join(unknown)} (allowed: {', '.join(VMOVE_FILTERS)})")
+    if q["sort_key"] not in VMOVE_SORT_KEYS:
+        raise VerbError(f"sort_key must be one of {', '.join(VMOVE_SORT_KEYS)} "
+                        f"(got {q['sort_key']!r})")
+    record = _found(await _query(node, "get_notification", notification_uuid=key),
+                    "notification", key)
+    if record["type"] != "COMPUTE_HOST":
+        raise VerbError(f"notification {key} is of type {record['type']}: only COMPUTE_HOST "
+                        f"notifications have vmoves")
+    rows = [v for v in record.get("vmoves") or []
+            if all(v.get(f) == wanted for f, wanted in q["filters"].items())]
+    # None sorts first ascending, as NULL does in Masakari's MySQL; ties keep record order.
+    rows.sort(key=lambda v: (v.get(q["sort_key"]) is not None, v.get(q["sort_key"]) or ""),
+              reverse=q["sort_dir"] == "desc")
+    if q["marker"] is not None:
+        uuids = [v["instance_uuid"] for v in rows]
+        if q["marker"] not in uuids:
+            raise VerbError(f"marker {q['marker']!r} not found")
+        rows = rows[uuids.index(q["marker"]) + 1:]
+    return rows if q["limit"] is None else rows[:q["limit"]]
+
+
 # --- incidents (host failures, docs/detection.md) ------------------------------------------
 async def incident_list(node: AgentNode, args: dict[str, Any]) -> Any:
     _no_unknown(args, {"status"})
@@ -285,6 +324,7 @@ VERBS: dict[str, Verb] = {
     "notification.list": notification_list,
     "notification.show": notification_show,
     "notification.create": notification_create,
+    "vmove.list": vmove_list,
     "incident.list": incident_list,
     "incident.show": incident_show,
 }

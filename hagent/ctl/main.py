@@ -1,8 +1,8 @@
 """hagentctl: the operator's CLI, talking to the local agent over its admin socket.
 
 Verbs and positional arguments follow python-masakariclient's ``openstack segment|host|
-notification`` commands, so a Masakari operator's habits carry over; ``status``,
-``members`` and ``raft`` are hagent's own. Every verb takes ``-f table|json``.
+notification|vmove`` commands, so a Masakari operator's habits carry over; ``status``,
+``members``, ``raft`` and ``incident`` are hagent's own. Every verb takes ``-f table|json``.
 
 Exit codes: 0 done; 1 the agent refused (reason on stderr) or could not be reached
 (the message names the socket); 2 usage error (argparse's usage message), which
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from hagent.admin import client, protocol
-from hagent.ctl import render
+from hagent.ctl import recovery, render
 
 DEFAULT_SOCKET = Path("/run/hagent/hagent.sock")
 
@@ -33,7 +33,8 @@ HOST_SHOW = ("created_at", "updated_at", "uuid", "name", "type", "control_attrib
 NOTIFICATION_LIST = ("notification_uuid", "generated_time", "status", "type", "source_host_uuid",
                      "hostname", "payload")
 NOTIFICATION_SHOW = ("created_at", "updated_at", "notification_uuid", "type", "status", "hostname",
-                     "source_host_uuid", "source_node", "generated_time", "payload", "message")
+                     "source_host_uuid", "source_node", "generated_time", "payload", "message",
+                     "recovery_attempts", "recovery_steps", "vmoves")
 INCIDENT_LIST = ("hostname", "status", "opened_at", "fenced", "fence_method", "fenced_at",
                  "closed_at", "notification_uuid")
 INCIDENT_SHOW = ("hostname", "status", "host_uuid", "notification_uuid", "notification_status",
@@ -42,7 +43,7 @@ INCIDENT_SHOW = ("hostname", "status", "host_uuid", "notification_uuid", "notifi
 MEMBERS = ("name", "raft_address", "voter", "reachable")
 STATUS = ("node", "role", "voter", "leader", "term", "commit_index", "applied_index", "log_size",
           "ready", "voters", "notifications", "membership", "members", "lease", "detection",
-          "monitors")
+          "recovery", "monitors")
 
 RECOVERY_METHODS = ("auto", "reserved_host", "auto_priority", "rh_priority")
 NOTIFICATION_TYPES = ("COMPUTE_HOST", "PROCESS", "VM")
@@ -213,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="action", metavar="ACTION", required=True)
     p = note.add_parser("list", parents=[leaf], help="list notifications")
     _list_options(p)
-    p = note.add_parser("show", parents=[leaf], help="show one notification")
+    p = note.add_parser("show", parents=[leaf],
+                        help="show one notification, the steps taken and each instance's progress")
     p.add_argument("notification", metavar="NOTIFICATION", help="notification uuid")
     p = note.add_parser("create", parents=[leaf], help="submit a notification")
     p.add_argument("type", metavar="TYPE", choices=NOTIFICATION_TYPES,
@@ -222,6 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("generated_time", metavar="GENERATED_TIME", type=iso_time,
                    help="e.g. 2016-01-01T01:00:00.000")
     p.add_argument("payload", metavar="PAYLOAD", type=json_object, help="JSON object")
+
+    # vmove (per-instance progress of a host recovery)
+    vmove = verbs.add_parser("vmove", help="instances of a host recovery").add_subparsers(
+        dest="action", metavar="ACTION", required=True)
+    p = vmove.add_parser("list", parents=[leaf],
+                         help="one row per instance of a COMPUTE_HOST notification's recovery")
+    p.add_argument("notification", metavar="NOTIFICATION", help="notification uuid")
+    _list_options(p)
 
     # incident (host failures detected by the cluster)
     incident = verbs.add_parser("incident", help="host failures: STOPPED to fenced to STARTED"
@@ -292,6 +302,8 @@ def _fields(value: dict[str, Any]) -> str:
         line = (f"seq {lease.get('seq')}, self-fence in {lease.get('deadline_in')} s, watchdog "
                 f"{(lease.get('watchdog') or {}).get('detail')}")
         value["lease"] = line + (" (SELF-FENCED)" if lease.get("self_fenced") else "")
+    if isinstance(value.get("recovery"), dict):
+        value["recovery"] = recovery.engine_lines(value["recovery"])
     if isinstance(value.get("monitors"), dict):
         value["monitors"] = [
             f"{name}: {st.get('events_seen', 0)} events, {st.get('notifications_sent', 0)} sent, "
@@ -360,14 +372,17 @@ def run(ns: argparse.Namespace, parser: argparse.ArgumentParser, call: Call) -> 
              lambda rows: render.list_table(rows, NOTIFICATION_LIST))
     elif verb == "notification.show":
         _out(ns, _request(call, verb, {"notification_uuid": ns.notification}),
-             lambda r: render.show_table(r, NOTIFICATION_SHOW))
+             lambda r: recovery.notification_view(r, NOTIFICATION_SHOW))
     elif verb == "notification.create":
         answer = _request(call, verb, {"type": ns.type, "hostname": ns.hostname,
                                        "generated_time": ns.generated_time, "payload": ns.payload})
         if not answer.get("committed"):
             print("hagentctl: warning: not committed to the log yet; this node's spool keeps "
                   "resending it", file=sys.stderr)
-        _out(ns, answer["notification"], lambda r: render.show_table(r, NOTIFICATION_SHOW))
+        _out(ns, answer["notification"], lambda r: recovery.notification_view(r, NOTIFICATION_SHOW))
+    elif verb == "vmove.list":
+        _out(ns, _request(call, verb, {"notification_uuid": ns.notification,
+                                       **_list_query(ns, parser)}), recovery.vmoves_table)
     elif verb == "incident.list":
         _out(ns, _request(call, verb, _given(ns, "status")),
              lambda rows: render.list_table(rows, INCIDENT_LIST))

@@ -27,6 +27,13 @@ Replies (voter -> client)::
 client can send its next request straight to it. ``code`` says what kind of failure it is
 (see ``CODES``); ``retryable`` whether another voter, or the same one later, may succeed.
 
+Proposals a voter refuses (``forward_refusal``, code ``forbidden``): the commands that drive
+failure detection and recovery are the voters' own (the leader's detection and recovery
+engine propose them locally), so a non-voter's key, stolen or buggy, can neither forge a
+fence nor stop, fake or block a recovery through them. The forward endpoint has no map from
+a CURVE key to a node name, so it cannot check that a proposal is about the proposer
+itself; it refuses these ops from every forwarded proposal instead.
+
 Anything that does not follow these rules raises a ``ProtocolError`` subclass whose
 ``reason`` (``malformed``, ``version``, ``too_large``) labels the drop counter: the receive
 loops drop such a message, count it and carry on.
@@ -66,7 +73,17 @@ KINDS = (PROPOSE, QUERY, STATUS)
 QUERY_NAMES = frozenset({
     "list_segments", "get_segment", "list_hosts", "get_host", "list_notifications",
     "get_notification", "counts_by_status", "notification_count", "list_leases", "get_lease",
-    "incidents", "incident",
+    "incidents", "incident", "recovery_claim",
+})
+
+#: Ops only the voters' own failure detection (host.*) and recovery engine (recovery.*, the
+#: notification transitions and vmoves) propose, and a voter never proposes for a non-voter:
+#: a forged ``host.fenced`` would let the leader evacuate a host that may still run its
+#: instances; a forged ``recovery.claim`` of a high term would refuse every step of the real
+#: leader; a forged transition or vmove would end a recovery or skip an instance.
+VOTER_ONLY_OPS = frozenset({
+    "host.down", "host.fenced", "host.up", "recovery.claim", "recovery.intent",
+    "recovery.result", "notification.transition", "notification.vmove",
 })
 
 # Failure codes of a reply (``code``).
@@ -75,7 +92,8 @@ CODE_UNAVAILABLE = "unavailable"  # the log did not commit / no leader; retryabl
 CODE_BUSY = "busy"                # the voter has too many requests in flight; retryable
 CODE_TOO_LARGE = "too_large"      # the answer would exceed MAX_REPLY_BYTES; not retryable
 CODE_INTERNAL = "internal"        # the voter failed unexpectedly (logged there); retryable
-CODES = (CODE_QUERY, CODE_UNAVAILABLE, CODE_BUSY, CODE_TOO_LARGE, CODE_INTERNAL)
+CODE_FORBIDDEN = "forbidden"      # a proposal a non-voter may not make; not retryable
+CODES = (CODE_QUERY, CODE_UNAVAILABLE, CODE_BUSY, CODE_TOO_LARGE, CODE_INTERNAL, CODE_FORBIDDEN)
 
 
 # --- errors -------------------------------------------------------------------------------
@@ -155,6 +173,25 @@ def failure(request_id: int, error: str, code: str, *, retryable: bool,
             leader: str | None = None, voter: str | None = None) -> Reply:
     return Reply(id=request_id, ok=False, error=error, code=code, retryable=retryable,
                  leader=leader, voter=voter)
+
+
+def forward_refusal(command: dict[str, Any]) -> str | None:
+    """Why a voter must not propose ``command`` for a non-voter, or None when it may.
+
+    Refused: the ``VOTER_ONLY_OPS``, and ``notification.submit`` of a COMPUTE_HOST
+    notification, since a STOPPED one with host_status NORMAL tells the leader the host is
+    fenced (Masakari's meaning), exactly what a forged ``host.fenced`` would. Host failures
+    are the cluster's own verdict (host.down); an operator who must declare one by hand runs
+    ``hagentctl notification create`` on a voter."""
+    op = command.get("op")
+    if op in VOTER_ONLY_OPS:
+        return (f"refused: {op} is proposed only by the voters' own failure detection and "
+                f"recovery engine, never for a non-voter")
+    if op == "notification.submit" and command.get("type") == "COMPUTE_HOST":
+        return ("refused: a non-voter may not submit COMPUTE_HOST notifications (a STOPPED one "
+                "declares the host fenced); host failures come from the cluster's detection, "
+                "or from hagentctl notification create on a voter")
+    return None
 
 
 # --- encoding -----------------------------------------------------------------------------

@@ -13,7 +13,10 @@ Security: the ROUTER is a CURVE server bound only to this voter's ``forward.endp
 entry. Every connecting key is checked by ZAP (pyzmq's asyncio authenticator, on this
 server's own context) against ``security.allowed_keys``; an unknown key never completes the
 handshake, so it cannot send a single message. Messages are msgpack, validated by
-``hagent.forward.protocol`` (no pickles: a non-voter cannot run code on a voter).
+``hagent.forward.protocol`` (no pickles: a non-voter cannot run code on a voter). Proposals of
+the ops that drive detection and recovery (``protocol.forward_refusal``) are answered
+``forbidden`` without reaching the log, and logged once per key and op with the proposer's
+public key (the ZAP User-Id of the message).
 
 Robustness: a message libzmq would have to buffer beyond ``HARD_MAX_BYTES`` (``MAXMSGSIZE``)
 cuts that peer's connection before it is read; anything smaller that is malformed, of another
@@ -47,7 +50,8 @@ HARD_MAX_BYTES = 4 * protocol.MAX_REQUEST_BYTES
 #: hundreds of nodes submit (each submitter keeps at most `notifications.max_in_flight`,
 #: 64 by default, in flight).
 MAX_IN_FLIGHT = 10_000
-#: Distinct refused keys logged (each once); more are only counted.
+#: Distinct refused keys logged (each once); more are only counted. Also the bound of the
+#: distinct (key, op) pairs whose forbidden proposals are logged.
 LOGGED_REFUSED_KEYS = 100
 #: The ZAP domain of the forward socket (appears in ZAP requests and logs).
 ZAP_DOMAIN = "hagent-forward"
@@ -92,6 +96,14 @@ class _AllowList:
         return False
 
 
+def _peer_key(frame: zmq.Frame) -> str:
+    """The sender's CURVE public key (Z85), as ZAP set the message's User-Id."""
+    try:
+        return frame.get("User-Id")
+    except zmq.ZMQError:  # no ZAP metadata (cannot happen on a CURVE server socket)
+        return "(unknown)"
+
+
 def zmq_endpoint(host_port: str) -> tuple[str, bool]:
     """``host:port`` or ``[v6]:port`` as a ZeroMQ tcp endpoint, and whether it is IPv6."""
     ipv6 = host_port.startswith("[")
@@ -116,6 +128,7 @@ class ForwardServer:
         self.dropped: Counter[str] = Counter()    # by ProtocolError.reason
         self.requests: Counter[str] = Counter()   # by kind
         self.failures: Counter[str] = Counter()   # failure replies by code
+        self._logged_forbidden: set[tuple[str, str]] = set()  # (peer key, op) logged once
 
     @property
     def refused_keys(self) -> int:
@@ -175,26 +188,34 @@ class ForwardServer:
         assert self._router is not None
         loop = asyncio.get_running_loop()
         while True:
-            frames = await self._router.recv_multipart()
+            # Frames, not bytes: the body's "User-Id" property is the peer's CURVE key.
+            frames = await self._router.recv_multipart(copy=False)
             try:
                 self._dispatch(loop, frames)
             except Exception:  # the loop outlives any one message
                 log.exception("forward server: failed to handle a message")
                 self.dropped["internal"] += 1
 
-    def _dispatch(self, loop: asyncio.AbstractEventLoop, frames: list[bytes]) -> None:
+    def _dispatch(self, loop: asyncio.AbstractEventLoop, frames: list[zmq.Frame]) -> None:
         if len(frames) != 2:
             self.dropped[protocol.MalformedMessage.reason] += 1
             log.debug("forward server: dropped a message of %d frames", len(frames) - 1)
             return
-        identity, body = frames
+        identity, body = frames[0].bytes, frames[1]
         try:
-            request = protocol.decode_request(body)
+            request = protocol.decode_request(body.bytes)
         except protocol.ProtocolError as exc:
             self.dropped[exc.reason] += 1
             log.debug("forward server: dropped a request: %s", exc)
             return
         self.requests[request.kind] += 1
+        if isinstance(request, protocol.Propose):
+            refusal = protocol.forward_refusal(request.command)
+            if refusal is not None:
+                self._log_forbidden(_peer_key(body), request.command["op"], refusal)
+                self._send_soon(loop, identity, self._failure(
+                    request, refusal, protocol.CODE_FORBIDDEN, retryable=False))
+                return
         if len(self._tasks) >= MAX_IN_FLIGHT:
             self._send_soon(loop, identity, self._failure(
                 request, f"voter has {MAX_IN_FLIGHT} requests in flight", protocol.CODE_BUSY,
@@ -203,6 +224,15 @@ class ForwardServer:
         task = loop.create_task(self._answer(identity, request))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _log_forbidden(self, peer: str, op: str, refusal: str) -> None:
+        """Warn once per key and op (bounded): a non-voter proposing these is either a bug or
+        someone holding its key; every refusal is counted (failures, code forbidden)."""
+        if (peer, op) in self._logged_forbidden or len(self._logged_forbidden) >= LOGGED_REFUSED_KEYS:
+            return
+        self._logged_forbidden.add((peer, op))
+        log.warning("forward: refused a proposal of %s from the non-voter with key %s (%s); "
+                    "further ones from it are only counted", op, peer, refusal)
 
     async def _answer(self, identity: bytes, request: protocol.Request) -> None:
         try:

@@ -1,9 +1,11 @@
 """Forward server and client over real CURVE sockets on loopback, with in-test voters
 (a ClusterState behind a handler, no Raft): answers, ZAP refusal of an unknown key, garbage
-and oversized frames dropped and counted while the server keeps serving, failover."""
+and oversized frames dropped and counted while the server keeps serving, failover, and the
+detection and recovery ops a non-voter may not propose."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import uuid
 from typing import Any
@@ -263,3 +265,62 @@ def test_no_voter_at_all_is_unavailable_within_the_timeout():
         finally:
             await client.close()
     asyncio.run(asyncio.wait_for(body(), 30))
+
+
+def test_a_non_voter_cannot_propose_detection_or_recovery_ops(caplog):
+    """A non-voter's key must not forge a fence, claim recovery or end a recovery: those ops
+    are refused (not retryable, counted, logged with the key) before they reach the log,
+    while its ordinary proposals and reads still pass."""
+    async def body(c: Cluster):
+        client = await c.client()
+        seg = segment()
+        assert (await client.propose(seg))["ok"]
+        assert (await client.propose({"op": "host.create", "uuid": str(uuid.uuid4()),
+                                      "name": "cn1", "type": "COMPUTE",
+                                      "control_attributes": "SSH", "segment": "s1"}))["ok"]
+        stopped = {"op": "host.down", "hostname": "cn1", "notification_uuid": str(uuid.uuid4()),
+                   "generated_time": "2024-01-01T00:00:00", "source_node": "cn2"}
+        forged = [
+            {"op": "recovery.claim", "term": 99, "node": "cn2"},
+            {"op": "recovery.intent", "notification_uuid": stopped["notification_uuid"],
+             "step": "evacuate", "key": "cn1", "term": 99},
+            stopped,
+            {"op": "host.fenced", "hostname": "cn1", "method": "lease", "detail": "forged"},
+            {"op": "notification.transition", "notification_uuid": stopped["notification_uuid"],
+             "status": "finished"},
+            {"op": "notification.submit", "notification_uuid": str(uuid.uuid4()),
+             "type": "COMPUTE_HOST", "hostname": "cn1", "generated_time": "2024-01-01T00:00:00",
+             "payload": {"event": "STOPPED", "host_status": "NORMAL",
+                         "cluster_status": "OFFLINE"}, "source_node": "cn2"},
+        ]
+        with caplog.at_level(logging.WARNING, logger="hagent.forward.server"):
+            for command in forged:
+                answer = await client.propose(command)
+                assert answer["ok"] is False and answer["retryable"] is False, answer
+                assert "refused" in answer["error"] and "non-voter" in answer["error"]
+        assert "recovery.claim is proposed only by the voters' own" in \
+            (await client.propose(forged[0]))["error"]
+        assert "COMPUTE_HOST" in (await client.propose(forged[-1]))["error"]
+        leader = c.voters[0]
+        assert leader.proposals == 2  # only the segment and the host reached the log
+        assert leader.state.recovery_claim() is None
+        assert leader.state.incidents() == [] and leader.state.notification_count() == 0
+        assert c.servers[0].failures == {"forbidden": len(forged) + 2}
+        assert not any(s.failures for s in c.servers[1:])  # not retryable: no failover
+        # Logged once per key and op, naming the key.
+        warnings = [r.getMessage() for r in caplog.records if "refused a proposal" in r.getMessage()]
+        assert len(warnings) == len(forged)
+        assert all(c.client_key.public in w for w in warnings)
+        # A normal notification (a VM event of the proposer's host) still passes, and the
+        # new recovery_claim read is answered.
+        vm = {"op": "notification.submit", "notification_uuid": str(uuid.uuid4()),
+              "type": "VM", "hostname": "cn1", "generated_time": "2024-01-01T00:00:00",
+              "payload": {"event": "LIFECYCLE", "instance_uuid": str(uuid.uuid4()),
+                          "vir_domain_event": "STOPPED_FAILED"}, "source_node": "cn1"}
+        answer = await client.propose(vm)
+        assert answer["ok"] and answer["result"]["status"] == "new"
+        assert await client.query("recovery_claim", {}) is None
+        leader.state.apply({"at": 1_700_000_000.0, "op": "recovery.claim", "term": 3,
+                            "node": "v1"})
+        assert (await client.query("recovery_claim", {}))["term"] == 3
+    run(body)

@@ -305,3 +305,28 @@ def test_incident_verbs(server, node):
     assert incident["hostname"] == "cn1" and incident["fenced"] is False
     assert result(server, "incident.show", {"hostname": "cn1"})["status"] == "open"
     assert result(server, "incident.list", {"status": "closed"}) == []
+
+
+def test_vmove_list_reads_the_notifications_vmoves(server, node):
+    make_segment(server)
+    make_host(server)
+    nid = result(server, "notification.create", {
+        "type": "COMPUTE_HOST", "hostname": "cn1", "generated_time": "2024-01-01T00:00:00",
+        "payload": PAYLOAD})["notification"]["notification_uuid"]
+    assert result(server, "vmove.list", {"notification_uuid": nid}) == []
+    for command in ({"op": "notification.transition", "status": "running"},
+                    {"op": "notification.vmove", "instance_uuid": str(uuid.uuid4()),
+                     "status": "pending", "source_host": "cn1"},
+                    {"op": "notification.vmove", "instance_uuid": str(uuid.uuid4()),
+                     "status": "ignored", "source_host": "cn1", "message": "not HA"}):
+        assert asyncio.run(node.propose({**command, "notification_uuid": nid}))["ok"]
+    rows = result(server, "vmove.list", {"notification_uuid": nid, "sort_dir": "asc"})
+    assert [r["status"] for r in rows] == ["pending", "ignored"]
+    assert rows == node.read(lambda s: s.get_notification(nid))["vmoves"]
+    assert [r["status"] for r in result(server, "vmove.list", {
+        "notification_uuid": nid, "filters": {"status": "ignored"}})] == ["ignored"]
+    assert ask(server, "vmove.list", {})["error"] == "missing argument 'notification_uuid'"
+    assert ask(server, "vmove.list", {"notification_uuid": nid, "host": "x"})["error"] == \
+        "unknown arguments: host"
+    assert sample(node, "hagent_admin_requests_total",
+                  {"verb": "vmove.list", "result": "ok"}) == 3

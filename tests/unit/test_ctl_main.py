@@ -17,6 +17,8 @@ from hagent.ctl.main import build_parser, main
 from tests.fakes import FakeNode
 
 PAYLOAD = '{"event": "STOPPED", "host_status": "NORMAL", "cluster_status": "OFFLINE"}'
+VM_PAYLOAD = ('{"event": "LIFECYCLE", "instance_uuid": "dddddddd-0000-4000-8000-000000000004", '
+              '"vir_domain_event": "STOPPED_FAILED"}')
 
 
 @pytest.fixture
@@ -168,6 +170,154 @@ def test_notification_not_yet_committed_warns_but_succeeds(populated, node):
     node.commit_submissions = False
     code, out, err = populated("notification", "create", "VM", "cn1", "2024-01-01T01:00:00", "{}")
     assert code == 0 and "not committed to the log yet" in err and "pending" in out
+
+
+VM_A, VM_B, VM_C = ("aaaaaaaa-0000-4000-8000-000000000001", "bbbbbbbb-0000-4000-8000-000000000002",
+                    "cccccccc-0000-4000-8000-000000000003")
+
+
+def recovering(ctl, node):
+    """A COMPUTE_HOST notification of cn1 part way through its recovery, as the leader's
+    engine records it: two steps done (one resumed by a later term's leader), one intent
+    still open; one instance evacuated, one under way, one left alone. Returns its uuid."""
+    code, out, _ = ctl("notification", "create", "COMPUTE_HOST", "cn1", "2024-01-01T01:00:00",
+                       PAYLOAD, "-f", "json")
+    nid = json.loads(out)["notification_uuid"]
+
+    def apply(op, **fields):
+        answer = asyncio.run(node.propose({"op": op, "notification_uuid": nid, **fields}))
+        assert answer["ok"], answer
+
+    asyncio.run(node.propose({"op": "recovery.claim", "term": 3, "node": "node-1"}))
+    apply("notification.transition", status="running")
+    apply("recovery.intent", step="force_down", key="cn1", term=3,
+          detail="host fenced: mark nova-compute down now")
+    asyncio.run(node.propose({"op": "recovery.claim", "term": 4, "node": "node-2"}))
+    apply("recovery.result", step="force_down", key="cn1", term=4, outcome="done",
+          detail="nova-compute down, enabled, forced down")
+    apply("recovery.intent", step="evacuate", key=VM_A, term=4,
+          detail="from vm_state=active task_state=- power_state=1; to a host the scheduler "
+                 "picks, which is a long text that wraps")
+    apply("recovery.result", step="evacuate", key=VM_A, term=4, outcome="done",
+          detail="ACTIVE on cn2")
+    apply("recovery.intent", step="evacuate", key=VM_B, term=4, detail="from vm_state=active")
+    for uuid_, name in ((VM_A, "vm-a"), (VM_B, "vm-b")):
+        apply("notification.vmove", instance_uuid=uuid_, instance_name=name, status="pending",
+              source_host="cn1")
+        apply("notification.vmove", instance_uuid=uuid_, status="ongoing")
+    apply("notification.vmove", instance_uuid=VM_A, status="succeeded", dest_host="cn2",
+          message="ACTIVE on cn2")
+    apply("notification.vmove", instance_uuid=VM_C, instance_name="vm-c", status="ignored",
+          source_host="cn1", message="not HA")
+    return nid
+
+
+def test_notification_show_tables_the_steps_and_the_instances(populated, node):
+    nid = recovering(populated, node)
+    code, out, err = populated("notification", "show", nid)
+    assert code == 0 and err == ""
+    head, _, rest = out.partition("Steps taken (recovery_steps):")
+    steps_part, _, vmoves_part = rest.partition("Instances (vmoves):")
+    fields = dict(r for r in table_rows(head) if r[0])
+    assert fields["status"] == "running" and fields["recovery_attempts"] == "1"
+    assert fields["recovery_steps"] == "3: 2 done, 1 open"
+    assert fields["vmoves"] == "3: 1 ignored, 1 ongoing, 1 succeeded"
+    steps = [r for r in table_rows(steps_part) if r[0]]  # wrapped lines have an empty step
+    assert [(r[0], r[1], r[2], r[3], r[4]) for r in steps] == [
+        ("force_down", "cn1", "3", "1", "done (term 4)"),   # resumed by term 4's leader
+        ("evacuate", VM_A, "4", "1", "done"),
+        ("evacuate", VM_B, "4", "1", "open"),
+    ]
+    # times to the millisecond in UTC, how long each step took, both texts
+    assert steps[0][5] == "2023-11-14T22:13:27.000Z" and steps[0][6] == "22:13:29.000Z"
+    assert steps[0][7] == "2.000 s"
+    assert steps[2][6] == "None" and steps[2][7] == "None"
+    assert steps[0][8] == "host fenced: mark nova-compute down now"
+    assert steps[0][9] == "nova-compute down, enabled, forced down"
+    assert all(len(r[8]) <= 40 and len(r[9]) <= 40 for r in table_rows(steps_part))  # wrapped
+    assert "which is a long text that wraps" in " ".join(
+        r[8] for r in table_rows(steps_part)).replace("  ", " ")
+    vmoves = table_rows(vmoves_part)
+    assert [(r[0], r[1], r[2], r[3], r[4]) for r in vmoves] == [
+        (VM_A, "vm-a", "succeeded", "cn1", "cn2"),
+        (VM_B, "vm-b", "ongoing", "cn1", "None"),
+        (VM_C, "vm-c", "ignored", "cn1", "None"),
+    ]
+    assert vmoves[0][7] == "ACTIVE on cn2" and vmoves[1][6] == "None"
+
+
+def test_notification_show_json_is_the_record_as_stored(populated, node):
+    nid = recovering(populated, node)
+    record = jrun(populated, "notification", "show", nid)
+    assert record == node.read(lambda s: s.get_notification(nid))
+    assert len(record["recovery_steps"]) == 3 and len(record["vmoves"]) == 3
+
+
+def test_notification_show_without_recovery_has_no_sub_tables(populated):
+    code, out, _ = populated("notification", "create", "VM", "cn1", "2024-01-01T01:00:00",
+                                VM_PAYLOAD)
+    nid = dict(r for r in table_rows(out) if r[0])["notification_uuid"]
+    code, out, _ = populated("notification", "show", nid)
+    assert code == 0 and "Steps taken" not in out and "Instances" not in out
+    fields = dict(r for r in table_rows(out) if r[0])
+    assert fields["recovery_steps"] == "none" and fields["vmoves"] == "none"
+
+
+def test_vmove_list(populated, node):
+    nid = recovering(populated, node)
+    code, out, err = populated("vmove", "list", nid)
+    assert code == 0 and err == ""
+    assert out.splitlines()[1].split("|")[1:-1] == [
+        " instance_uuid                        ", " instance_name ", " status    ",
+        " source_host ", " dest_host ", " start_time               ", " end_time                 ",
+        " message       "]
+    rows = table_rows(out)
+    # created_at desc, as Masakari lists vmoves
+    assert [(r[0], r[2]) for r in rows] == [(VM_C, "ignored"), (VM_B, "ongoing"),
+                                            (VM_A, "succeeded")]
+    assert rows[2][5].endswith("Z") and rows[2][6].endswith("Z")
+    code, out, _ = populated("vmove", "list", nid, "--filters", "status=succeeded")
+    assert [r[0] for r in table_rows(out)] == [VM_A]
+    code, out, _ = populated("vmove", "list", nid, "--sort", "instance_name:asc", "--limit", "2")
+    assert [r[1] for r in table_rows(out)] == ["vm-a", "vm-b"]
+    code, out, _ = populated("vmove", "list", nid, "--sort-key", "instance_name",
+                             "--sort-dir", "asc", "--marker", VM_A)
+    assert [r[1] for r in table_rows(out)] == ["vm-b", "vm-c"]
+    listed = jrun(populated, "vmove", "list", nid, "--sort-dir", "asc")
+    assert listed == node.read(lambda s: s.get_notification(nid))["vmoves"]
+
+
+def test_vmove_list_refusals_exit_1(populated, node):
+    nid = recovering(populated, node)
+    code, _, err = populated("vmove", "list", "nope")
+    assert code == 1 and "notification not found: nope" in err
+    code, _, err = populated("vmove", "list", nid, "--filters", "host=cn1")
+    assert code == 1 and "unknown filter host" in err
+    code, _, err = populated("vmove", "list", nid, "--sort-key", "payload")
+    assert code == 1 and "sort_key must be one of" in err
+    code, _, err = populated("vmove", "list", nid, "--marker", "nope")
+    assert code == 1 and "marker 'nope' not found" in err
+    code, out, _ = populated("notification", "create", "VM", "cn1", "2024-01-01T01:00:00",
+                             VM_PAYLOAD)
+    vm = dict(r for r in table_rows(out) if r[0])["notification_uuid"]
+    code, _, err = populated("vmove", "list", vm)
+    assert code == 1 and "only COMPUTE_HOST notifications have vmoves" in err
+
+
+def test_status_table_shows_the_recovery_engine(ctl, node):
+    plain = node.status
+    engine = {"leading_term": 7, "in_progress": ["u1"], "runs": 9, "finished": 5, "ignored": 1,
+              "errors": 2, "failed": 1, "expired": 1, "evacuations_succeeded": 30,
+              "evacuations_failed": 3, "nova_calls": 80, "nova_errors": 4}
+    node.status = lambda: {**plain(), "recovery": engine}
+    code, out, _ = ctl("status")
+    assert code == 0
+    for line in ("leading in term 7", "1 in progress",
+                 "9 runs: 5 finished, 1 ignored, 2 errors, 1 failed (1 expired)",
+                 "evacuations: 30 succeeded, 3 failed", "Nova: 80 calls, 4 errors"):
+        assert line in out
+    engine["leading_term"] = None
+    assert "not leading" in ctl("status")[1]
 
 
 # --- -f json --------------------------------------------------------------------------------

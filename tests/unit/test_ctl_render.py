@@ -38,3 +38,35 @@ def test_show_table_puts_known_fields_first_and_skips():
 def test_cell_nested_dict_is_json():
     assert render.cell({"a": {"b": 1}}) == '{"a": {"b": 1}}'
     assert render.cell(False) == "False"
+
+
+def test_recovery_times_durations_and_wrapping():
+    from hagent.ctl import recovery
+
+    assert recovery.short_time("2024-05-01T10:00:03.250123+00:00") == "2024-05-01T10:00:03.250Z"
+    assert recovery.short_time("2024-05-01T12:00:03+02:00") == "2024-05-01T10:00:03.000Z"
+    assert recovery.short_time(None) is None and recovery.short_time("soon") == "soon"
+    # a step's end: the time of day alone on its start's date, else the full time
+    assert recovery.end_time("2024-05-01T10:00:03+00:00", "2024-05-01T10:00:05.5+00:00") == \
+        "10:00:05.500Z"
+    assert recovery.end_time("2024-05-01T23:59:59+00:00", "2024-05-02T00:00:01+00:00") == \
+        "2024-05-02T00:00:01.000Z"
+    assert recovery.end_time("2024-05-01T10:00:03+00:00", None) is None
+    assert recovery.took("2024-05-01T10:00:03+00:00", "2024-05-01T10:01:04.5+00:00") == "61.500 s"
+    assert recovery.took("2024-05-01T10:00:03+00:00", None) is None
+    text = "from vm_state=active task_state=- power_state=1; to a host the scheduler picks"
+    wrapped = recovery.wrap(text)
+    assert max(map(len, wrapped.splitlines())) <= recovery.TEXT_WIDTH
+    assert wrapped.replace("\n", " ") == text
+    assert recovery.wrap("short") == "short" and recovery.wrap(None) is None
+
+
+def test_recovery_outcomes_and_tallies():
+    from hagent.ctl import recovery
+
+    assert recovery.outcome({"outcome": None, "term": 3}) == "open"
+    assert recovery.outcome({"outcome": "done", "term": 3, "outcome_term": 3}) == "done"
+    assert recovery.outcome({"outcome": "failed", "term": 3, "outcome_term": 5}) == \
+        "failed (term 5)"
+    assert recovery.tally([], len) == "none"
+    assert recovery.tally([{"s": "a"}, {"s": "b"}, {"s": "a"}], lambda r: r["s"]) == "3: 2 a, 1 b"

@@ -32,6 +32,7 @@ def test_requests_round_trip(request_):
     p.Reply(id=3, ok=True, result=None),
     p.failure(4, "no leader", p.CODE_UNAVAILABLE, retryable=True, voter="h:2"),
     p.failure(5, "bad limit", p.CODE_QUERY, retryable=False, leader="h:1"),
+    p.failure(6, "refused: host.fenced ...", p.CODE_FORBIDDEN, retryable=False),
 ])
 def test_replies_round_trip(reply):
     assert p.decode_reply(p.encode_reply(reply)) == reply
@@ -116,6 +117,43 @@ def test_run_query_runs_only_whitelisted_names_with_their_arguments():
         run_query(state, "get_segment", {"bogus": 1})
     with pytest.raises(QueryError):
         run_query(state, "list_notifications", {"sort_dir": "sideways"})
+
+
+def test_the_recovery_claim_is_a_forwarded_read():
+    from consensus.state import ClusterState
+
+    state = ClusterState()
+    assert p.decode_request(p.encode_request(p.Query(1, "recovery_claim", {}))).name == \
+        "recovery_claim"
+    assert run_query(state, "recovery_claim", {}) is None
+    state.apply({"at": 1_700_000_000.0, "op": "recovery.claim", "term": 7, "node": "v1"})
+    assert run_query(state, "recovery_claim", {}) == {
+        "term": 7, "node": "v1", "claimed_at": "2023-11-14T22:13:20.000000+00:00"}
+
+
+@pytest.mark.parametrize("op", sorted(p.VOTER_ONLY_OPS))
+def test_detection_and_recovery_ops_are_refused_from_non_voters(op):
+    reason = p.forward_refusal({"op": op})
+    assert reason is not None and op in reason and "non-voter" in reason
+
+
+def test_a_non_voter_may_not_submit_a_compute_host_notification():
+    assert "COMPUTE_HOST" in p.forward_refusal({"op": "notification.submit",
+                                                "type": "COMPUTE_HOST"})
+    for command in ({"op": "notification.submit", "type": "VM"},
+                    {"op": "notification.submit", "type": "PROCESS"},
+                    {"op": "lease.renew", "hosts": {"cn1": 3}},
+                    {"op": "host.update", "host": "cn1", "on_maintenance": False},
+                    {"op": "segment.create"}, {"op": "no.such.op"}):
+        assert p.forward_refusal(command) is None, command
+
+
+def test_a_frame_without_zap_metadata_has_an_unknown_peer():
+    import zmq
+
+    from hagent.forward.server import _peer_key
+
+    assert _peer_key(zmq.Frame(b"x")) == "(unknown)"
 
 
 def test_key_pair_file_round_trip_and_refusals(tmp_path):

@@ -100,3 +100,50 @@ def test_lease_detection_and_monitor_figures_are_exposed():
     assert samples[("hagent_detection_fence_calls_total", ())] == 2
     assert samples[("hagent_detection_proposal_failures_total", ())] == 1
     assert any(name.startswith("hagent_monitor_") for name, _ in samples)
+
+
+def test_recovery_figures_are_exposed_on_a_voter():
+    node = FakeNode()
+    register_agent_metrics(node)
+    status = node.status
+    engine = {"leading_term": 7, "in_progress": ["u1", "u2"], "turns": 40, "claims": 1,
+              "runs": 9, "finished": 5, "ignored": 1, "errors": 2, "failed": 1, "expired": 1,
+              "evacuations_succeeded": 30, "evacuations_failed": 3, "nova_calls": 80,
+              "nova_errors": 4}
+    node.status = lambda: {**status(), "recovery": engine}
+    # The engine's recent durations by type, in the order they ended.
+    node.recovery = type("Engine", (), {"durations": {
+        "COMPUTE_HOST": [30.0, 10.0, 20.0, 40.0], "VM": [], "PROCESS": [2.5]}})()
+    s = scrape(node)
+    assert s[("hagent_recovery_leading", ())] == 1
+    assert s[("hagent_recovery_in_progress", ())] == 2
+    assert s[("hagent_recovery_runs_total", ())] == 9
+    assert s[("hagent_recovery_claims_total", ())] == 1
+    assert s[("hagent_recovery_expired_total", ())] == 1
+    assert s[("hagent_recovery_nova_calls_total", ())] == 80
+    assert s[("hagent_recovery_nova_errors_total", ())] == 4
+    assert {status: s[("hagent_recovery_ended_total", (("status", status),))]
+            for status in ("finished", "ignored", "error", "failed")} == \
+        {"finished": 5, "ignored": 1, "error": 2, "failed": 1}
+    assert s[("hagent_recovery_evacuations_total", (("result", "succeeded"),))] == 30
+    assert s[("hagent_recovery_evacuations_total", (("result", "failed"),))] == 3
+    host = (("quantile", "0.5"), ("type", "COMPUTE_HOST"))
+    assert s[("hagent_recovery_duration_seconds", host)] == 20.0
+    assert s[("hagent_recovery_duration_seconds", (("quantile", "0.9"), ("type", "COMPUTE_HOST")))] == 40.0
+    assert s[("hagent_recovery_duration_seconds", (("quantile", "1"), ("type", "COMPUTE_HOST")))] == 40.0
+    assert s[("hagent_recovery_last_duration_seconds", (("type", "COMPUTE_HOST"),))] == 40.0
+    assert s[("hagent_recovery_duration_window", (("type", "COMPUTE_HOST"),))] == 4
+    assert s[("hagent_recovery_duration_seconds", (("quantile", "0.5"), ("type", "PROCESS")))] == 2.5
+    assert not any(name.startswith("hagent_recovery_") and dict(labels).get("type") == "VM"
+                   for name, labels in s)  # no recovery of that type yet: no sample
+    # Not leading (a follower voter): the counters stay, leading drops to 0.
+    engine["leading_term"], engine["in_progress"] = None, []
+    s = scrape(node)
+    assert s[("hagent_recovery_leading", ())] == 0 and s[("hagent_recovery_in_progress", ())] == 0
+    assert s[("hagent_recovery_runs_total", ())] == 9
+
+
+def test_no_recovery_figures_without_an_engine():
+    node = FakeNode()  # a non-voter, or a voter with recovery.enabled = false
+    register_agent_metrics(node)
+    assert not any(name.startswith("hagent_recovery_") for name, _ in scrape(node))
