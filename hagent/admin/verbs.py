@@ -127,7 +127,7 @@ async def members(node: AgentNode, args: dict[str, Any]) -> Any:
 # Status keys that are not about Raft; ``raft`` shows every other key, so fields the Raft
 # shell adds later (durable index, fsync counts, ...) appear without touching this file.
 NOT_RAFT_KEYS = frozenset({"notifications", "spool_depth", "submissions_total", "members",
-                           "membership"})
+                           "membership", "lease", "detection", "recovery", "monitors"})
 
 
 async def raft(node: AgentNode, args: dict[str, Any]) -> Any:
@@ -253,7 +253,8 @@ async def vmove_list(node: AgentNode, args: dict[str, Any]) -> Any:
     q = _list_args(args)
     unknown = sorted(set(q["filters"]) - set(VMOVE_FILTERS))
     if unknown:
-        raise VerbError(f"unknown filter {', '.join(unknown)} (allowed: {', '.join(VMOVE_FILTERS)})")
+        raise VerbError(f"unknown filter {', '.join(unknown)} "
+                        f"(allowed: {', '.join(VMOVE_FILTERS)})")
     if q["sort_key"] not in VMOVE_SORT_KEYS:
         raise VerbError(f"sort_key must be one of {', '.join(VMOVE_SORT_KEYS)} "
                         f"(got {q['sort_key']!r})")

@@ -228,7 +228,8 @@ class ForwardServer:
     def _log_forbidden(self, peer: str, op: str, refusal: str) -> None:
         """Warn once per key and op (bounded): a non-voter proposing these is either a bug or
         someone holding its key; every refusal is counted (failures, code forbidden)."""
-        if (peer, op) in self._logged_forbidden or len(self._logged_forbidden) >= LOGGED_REFUSED_KEYS:
+        seen = self._logged_forbidden
+        if (peer, op) in seen or len(seen) >= LOGGED_REFUSED_KEYS:
             return
         self._logged_forbidden.add((peer, op))
         log.warning("forward: refused a proposal of %s from the non-voter with key %s (%s); "

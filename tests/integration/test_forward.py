@@ -308,7 +308,8 @@ def test_a_non_voter_cannot_propose_detection_or_recovery_ops(caplog):
         assert c.servers[0].failures == {"forbidden": len(forged) + 2}
         assert not any(s.failures for s in c.servers[1:])  # not retryable: no failover
         # Logged once per key and op, naming the key.
-        warnings = [r.getMessage() for r in caplog.records if "refused a proposal" in r.getMessage()]
+        warnings = [r.getMessage() for r in caplog.records
+                    if "refused a proposal" in r.getMessage()]
         assert len(warnings) == len(forged)
         assert all(c.client_key.public in w for w in warnings)
         # A normal notification (a VM event of the proposer's host) still passes, and the

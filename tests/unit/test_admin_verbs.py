@@ -53,6 +53,10 @@ def test_status_members_raft(server, node):
     raft = result(server, "raft")
     assert raft["role"] == "leader" and raft["term"] == 4
     assert "notifications" not in raft
+    plain = node.status
+    node.status = lambda: {**plain(), "recovery": {"leading_term": 4}, "lease": {}, "monitors": {}}
+    assert not {"recovery", "lease", "monitors"} & set(result(server, "raft"))
+    assert result(server, "status")["recovery"] == {"leading_term": 4}
 
 
 def test_node_verbs_take_no_arguments(server):

@@ -127,13 +127,13 @@ def test_recovery_figures_are_exposed_on_a_voter():
         {"finished": 5, "ignored": 1, "error": 2, "failed": 1}
     assert s[("hagent_recovery_evacuations_total", (("result", "succeeded"),))] == 30
     assert s[("hagent_recovery_evacuations_total", (("result", "failed"),))] == 3
-    host = (("quantile", "0.5"), ("type", "COMPUTE_HOST"))
-    assert s[("hagent_recovery_duration_seconds", host)] == 20.0
-    assert s[("hagent_recovery_duration_seconds", (("quantile", "0.9"), ("type", "COMPUTE_HOST")))] == 40.0
-    assert s[("hagent_recovery_duration_seconds", (("quantile", "1"), ("type", "COMPUTE_HOST")))] == 40.0
+    def quantile(kind, q):
+        return s[("hagent_recovery_duration_seconds", (("quantile", q), ("type", kind)))]
+
+    assert [quantile("COMPUTE_HOST", q) for q in ("0.5", "0.9", "1")] == [20.0, 40.0, 40.0]
     assert s[("hagent_recovery_last_duration_seconds", (("type", "COMPUTE_HOST"),))] == 40.0
     assert s[("hagent_recovery_duration_window", (("type", "COMPUTE_HOST"),))] == 4
-    assert s[("hagent_recovery_duration_seconds", (("quantile", "0.5"), ("type", "PROCESS")))] == 2.5
+    assert quantile("PROCESS", "0.5") == 2.5
     assert not any(name.startswith("hagent_recovery_") and dict(labels).get("type") == "VM"
                    for name, labels in s)  # no recovery of that type yet: no sample
     # Not leading (a follower voter): the counters stay, leading drops to 0.
