@@ -11,8 +11,8 @@ Mechanisms (docs/membership.md explains each and its numbers):
   confirmations; members hearing of a new suspicion probe the suspect at once with a small
   probability, so confirmations arrive within about one round. An expiring timer declares
   the member dead only if our own probe of it failed (no verdict on hearsay) and we heard
-  nothing from it since; otherwise it probes first. Pings to a suspect carry the suspicion,
-  so a live suspect learns of it.
+  nothing from it since; otherwise it probes first. Every message to a suspect (ping, ack,
+  nack, gossip) carries our suspicion, so a live suspect that talks to us learns of it.
 - refutation: a member hearing itself suspected or dead (at its incarnation or above) bumps
   its incarnation and gossips Alive, also straight to the accuser; an accusation of an older
   incarnation gets the current Alive sent back. A member that notices it was stalled (called
@@ -417,13 +417,7 @@ class Membership:
         self._push(probe.due, _T_PROBE, probe)
         self._counters["probes_sent"] += 1
         self._send(out, m.address, Ping(self.name, self.address, probe.seq, m.name,
-                                        self._piggyback(m.name, self._suspicion_of(m))))
-
-    def _suspicion_of(self, m: Member) -> tuple[Update, ...]:
-        """A ping to a suspect carries the suspicion, so a live suspect can refute it."""
-        if m.state == SUSPECT:
-            return (Suspect(m.name, m.incarnation, self.name),)
-        return ()
+                                        self._piggyback(m.name)))
 
     def _on_probe_due(self, probe: _Probe, now: float, out: Output) -> None:
         m = self._members.get(probe.target)
@@ -471,10 +465,8 @@ class Membership:
         relay = _Relay(self._seq, msg.source, msg.source_address, msg.seq, msg.nack)
         self._relays[relay.seq] = relay
         self._push(now + self.knobs.probe_timeout, _T_RELAY, relay)
-        m = self._members.get(msg.target)
-        extra = self._suspicion_of(m) if m is not None else ()
         self._send(out, msg.target_address, Ping(self.name, self.address, relay.seq, msg.target,
-                                                 self._piggyback(msg.target, extra)))
+                                                 self._piggyback(msg.target)))
 
     # --- state changes ------------------------------------------------------------------------
 
@@ -668,13 +660,20 @@ class Membership:
         self._counters["messages_out"] += 1
         out.messages.append((address, msg))
 
-    def _piggyback(self, dest: str, extra: tuple[Update, ...] = ()) -> tuple[Update, ...]:
-        """Queued updates for one message to member ``dest``, after ``extra``."""
+    def _piggyback(self, dest: str) -> tuple[Update, ...]:
+        """Queued updates for one message to member ``dest``. Every message to a member we
+        hold suspect (ping, ack, nack, gossip) leads with our suspicion of it, outside the
+        retransmit budget: a live suspect that talks to us learns of it from our answer and
+        refutes straight to us, even when every Alive it gossiped our way was lost."""
         budget = self.knobs.max_piggyback_bytes
-        for u in extra:
-            budget -= estimate_size(u)
-        taken = self._queue.take(budget, self.knobs.retransmit_limit(len(self._live) + 1), dest)
-        return extra + taken if extra else taken
+        m = self._members.get(dest)
+        if m is None or m.state != SUSPECT:
+            return self._queue.take(budget, self.knobs.retransmit_limit(len(self._live) + 1),
+                                    dest)
+        s = Suspect(m.name, m.incarnation, self.name)
+        taken = self._queue.take(budget - estimate_size(s),
+                                 self.knobs.retransmit_limit(len(self._live) + 1), dest)
+        return (s,) + taken
 
     def _gossip_round(self, now: float, out: Output) -> None:
         self._next_gossip = now + self.knobs.gossip_interval

@@ -410,3 +410,35 @@ def test_healed_partition_rejoins_through_push_pull_with_dead_members() -> None:
     net.run(net.now + 30.0)
     for name, m in net.nodes.items():
         assert {r.state for r in m.members(net.now)} == {"alive"}, name
+
+
+def test_suspect_that_talks_to_its_accuser_learns_of_it_and_refutes() -> None:
+    # The traced false verdict under 10 % loss: n0 suspects n1 (its probes fail), every Alive
+    # of n1's refutation sent to n0 is lost, but n1's pings reach n0 afterwards. n0's Acks
+    # must carry the suspicion so n1 refutes straight to n0 before n0's maximum timeout.
+    knobs = replace(KNOBS, push_pull_interval=1000.0)     # no anti-entropy to the rescue
+    net = Net(NAMES, knobs=knobs)
+    net.run(2 * knobs.join_resync + 1.0)                   # past the joiners' resync
+    t0 = net.now
+    window = t0 + 4.0    # the refutation's epidemic is over by then
+
+    def carries_alive_n1(msg: object) -> bool:
+        return any(isinstance(u, Alive) and u.name == "n1" for u in msg.updates)
+
+    def drop(src: str, dst: str, msg: object) -> bool:
+        if dst == "n0" and net.now < window and carries_alive_n1(msg):
+            return True
+        if src == "n0" and dst == "n1":
+            return net.now < window or not isinstance(msg, (Ack, Nack))
+        return src == "n0" and isinstance(msg, IndirectPing) and msg.target == "n1"
+
+    net.drop = drop
+    net.apply("n0", net.nodes["n0"].peer_unreachable("n1", t0))
+    net.run(window)
+    assert net.nodes["n0"].member_state("n1") == "suspect"
+    assert net.nodes["n1"].incarnation >= 1                  # n1 refuted, n0 did not hear it
+    net.run(t0 + 4 * KNOBS.suspicion_min_timeout(6) + 5.0)   # past n0's maximum timeout
+    assert not net.of(MemberDead, "n1")
+    assert net.nodes["n0"].member_state("n1") == "alive"
+    assert any(src == "n0" and dst == "n1" and isinstance(m, Ack)
+               and Suspect("n1", 0, "n0") in m.updates for _, src, dst, m in net.sent)
