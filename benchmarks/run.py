@@ -25,7 +25,7 @@ from benchmarks import common
 #: In order: cheapest first, the 50-agent lab last among the labs; the membership simulator
 #: (CPU only, the longest) after them.
 BENCHMARKS = ("state_scale", "submit_path", "failover", "idle", "lab50", "detection_sim",
-              "corosync_detect", "monitor_storm", "detection_lab")
+              "corosync_detect", "monitor_storm", "detection_lab", "recovery")
 #: Owned by another module; called through its own main(argv) (it writes its own JSON, here
 #: results/nonvoters_quick.json).
 NONVOTERS = "nonvoters"

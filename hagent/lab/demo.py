@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nodes", type=int, default=5)
     parser.add_argument("--instances", type=int, default=40)
-    parser.add_argument("--dir", help="lab directory (default: a temporary one, removed on success)")
+    parser.add_argument("--dir",
+                        help="lab directory (default: a temporary one, removed on success)")
     args = parser.parse_args(argv)
     lab_dir = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="hagent-demo-"))
     try:

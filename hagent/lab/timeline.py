@@ -284,7 +284,8 @@ def collect(lab: Lab, kill: Kill, instances: list[str]) -> Timeline:
            else "host and agent powered off (lab kill-host)")
     tl.events = [(0.0, "killed", f"{kill.host}: {how}")]
     if suspect:
-        tl.events.append((suspect[0], "suspected", f"first gossip suspicion (in {suspect[1]}'s log)"))
+        tl.events.append((suspect[0], "suspected",
+                          f"first gossip suspicion (in {suspect[1]}'s log)"))
     if dead:
         tl.events.append((dead[0], "dead", f"declared dead in gossip (in {dead[1]}'s log)"))
     if m["stopped"] is not None:
