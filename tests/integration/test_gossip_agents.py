@@ -96,6 +96,7 @@ def agents(tmp_path):
             "status": {"bind": status[i]},
             # Gossip alone is under test: no watchdog (this machine has none).
             "fencing": {"watchdog_mode": "off", "unsafe_no_fencing": True},
+            "recovery": {"enabled": False},  # no Nova here
         }
         (d / "hagent.toml").write_text(toml(doc))
         node = Node(name, d, f"http://{status[i]}", d / "run" / "hagent.sock")
