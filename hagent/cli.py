@@ -23,11 +23,28 @@ def _run(args: argparse.Namespace) -> int:
     setup_logging(config.node.name, config.logging.level)
     try:
         return asyncio.run(serve(config))
-    except Exception as exc:  # noqa: BLE001 - report start-up failures in one line, then exit
+    except Exception as exc:  # noqa: BLE001 - report start-up failures, then exit 1
         import logging
 
-        logging.getLogger("hagent").exception("agent failed: %s", exc)
+        if isinstance(exc, _startup_refusals()):
+            # A refusal names the file or key and the fix: one line, no traceback.
+            logging.getLogger("hagent").critical("agent refused to start: %s", exc)
+        else:
+            logging.getLogger("hagent").exception("agent failed: %s", exc)
         return 1
+
+
+def _startup_refusals() -> tuple[type[Exception], ...]:
+    """Errors that mean "this node's set-up is wrong" (a file, a device, an address)."""
+    from hagent.fencing.inventory import InventoryError
+    from hagent.fencing.watchdog import WatchdogError
+    from hagent.membership.shell import GossipBindError
+    from hagent.monitors.process_list import ProcessListError
+    from hagent.secretfile import SecretFileError
+    from recovery.nova import NovaConfigError
+
+    return (InventoryError, WatchdogError, GossipBindError, ProcessListError, SecretFileError,
+            NovaConfigError)
 
 
 def _keygen(args: argparse.Namespace) -> int:
