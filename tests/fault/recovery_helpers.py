@@ -7,11 +7,14 @@ test reads the agents through their admin sockets and the simulator through ``la
 instances), which is the independent witness of what really happened.
 
 Timings. Nova keeps its realistic durations (~3 s per evacuation) unless a test says
-otherwise. Leases are shortened (``FAST_LEASE``: ``lease_ttl`` 6 s, ``safety_margin`` 2 s,
-``renew_interval`` 1 s, so a host's watchdog fires 4 s after its last committed renewal and
-the leader may call it fenced 6 s after it applied it) because waiting out the default 15 s
-lease is most of a host-crash test's runtime and tells nothing more. A leader election here
-takes ~0.5-1.5 s (docs/raft.md), well inside the 4 s a surviving host's watchdog allows.
+otherwise. Leases are shortened (``FAST_LEASE``: ``lease_ttl`` 8 s, ``safety_margin`` 2 s,
+``renew_interval`` 1 s: a host's watchdog fires 6 s after its last committed renewal was
+sent, the leader may call it fenced 8 s after it applied it) because waiting out the
+default 15 s lease is most of a host-crash test's runtime and tells nothing more. A
+non-voter's renewals go through a voter's forward endpoint and wait ``forward.timeout``
+(3 s) on a dead leader before trying the next voter; with the leader killed, that plus an
+election (~0.5-1.5 s, docs/raft.md) did not fit a 4 s watchdog window (lease_ttl 6 s:
+node4 fenced itself in a trial run), so ``forward.timeout`` is 1 s here and the window 6 s.
 
 Every wait polls with a deadline; nothing sleeps to synchronise.
 """
@@ -30,10 +33,11 @@ from hagent.lab.nova.sim import NovaSimError
 log = logging.getLogger(__name__)
 
 NODES = ["node1", "node2", "node3", "node4", "node5"]  # node1-3 vote
-LEASE_TTL, SAFETY_MARGIN, RENEW_INTERVAL = 6.0, 2.0, 1.0
+LEASE_TTL, SAFETY_MARGIN, RENEW_INTERVAL = 8.0, 2.0, 1.0
 FAST_LEASE: dict[str, dict[str, Any]] = {
     "fencing": {"lease_ttl": LEASE_TTL, "safety_margin": SAFETY_MARGIN,
-                "renew_interval": RENEW_INTERVAL}}
+                "renew_interval": RENEW_INTERVAL},
+    "forward": {"timeout": 1.0}}
 ENDED = ("finished", "failed", "ignored")
 # From a host crash to its STOPPED, its fencing and a few evacuations at real Nova speed:
 # ~15 s here; the deadline leaves room for a loaded 2-core machine.
@@ -139,7 +143,10 @@ def follow(lab: Lab, uuid: str, timeout: float = RECOVERY_DEADLINE,
             timeline.mark("fenced")
         return record if record["status"] in ENDED else None
 
-    record = until(f"notification {uuid} ended (statuses seen: {seen})", ended, timeout)
+    try:
+        record = until(f"notification {uuid} ended", ended, timeout)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc} (statuses seen: {seen})") from None
     return record, seen
 
 
@@ -172,6 +179,19 @@ def first_accepted_evacuation(report: dict[str, Any], servers: list[str]) -> flo
              for call in report["evacuate_calls"].get(server, []) if call["status"] < 300]
     assert times, f"no evacuation accepted for {servers}"
     return min(times)
+
+
+def keep_off(lab: Lab, hosts: list[str]) -> None:
+    """Disable ``hosts``' compute services through openstacksdk, as an operator would, so
+    Nova's scheduler places no evacuated instance there. A test that kills the leader
+    mid-recovery keeps its host off: an instance evacuated onto the host it then kills
+    would need a second recovery, and "evacuated once" would no longer hold."""
+    conn = lab.nova.connect()
+    for service in conn.compute.services():
+        if service.binary == "nova-compute" and service.host in hosts:
+            conn.compute.disable_service(service, disabled_reason="test: no evacuation here")
+    state = lab.nova.state()["hosts"]
+    assert all(state[h]["disabled"] for h in hosts), state
 
 
 def log_excerpt(lab: Lab, node: str, needle: str) -> list[str]:
