@@ -22,15 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import logging
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from hagent.lab.cluster import RUNNING, Lab, LabError
 from hagent.lab.nova.sim import NovaSimError
-
-log = logging.getLogger(__name__)
 
 NODES = ["node1", "node2", "node3", "node4", "node5"]  # node1-3 vote
 LEASE_TTL, SAFETY_MARGIN, RENEW_INTERVAL = 8.0, 2.0, 1.0
@@ -193,11 +190,3 @@ def keep_off(lab: Lab, hosts: list[str]) -> None:
     state = lab.nova.state()["hosts"]
     assert all(state[h]["disabled"] for h in hosts), state
 
-
-def log_excerpt(lab: Lab, node: str, needle: str) -> list[str]:
-    """Lines of ``node``'s agent log containing ``needle`` (for failure messages)."""
-    try:
-        text = Path(lab.node(node).log).read_text(errors="replace")
-    except OSError:
-        return []
-    return [line for line in text.splitlines() if needle in line]
