@@ -47,7 +47,7 @@ UNDER_RECOVERY_STATUSES = frozenset({"new", "running", "error"})
 
 # How a host incident was fenced (``host.fenced``): its lease ran out on the leader, or a
 # fence driver confirmed the power is off (docs/detection.md).
-FENCE_METHODS = ("lease", "ipmi", "redfish")
+FENCE_METHODS = ("lease", "ipmi", "redfish", "lab")  # lab: the lab's BMC stand-in
 # Longest host.fenced ``detail`` (a fence driver's answer, kept in the log).
 FENCE_DETAIL_MAX = 1000
 

@@ -56,6 +56,9 @@ def add_lab_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
                     help="a test-driver libvirtd per host, watched by its agent's instance monitor")
     up.add_argument("--nova", action="store_true",
                     help="the Nova simulator, one compute host per agent; writes DIR/clouds.yaml")
+    up.add_argument("--bmc", action="store_true",
+                    help="a BMC stand-in per host (fence driver 'lab', DIR/bmc.toml): the leader "
+                         "powers a dead host off without waiting for its lease")
     up.add_argument("--instances", type=int, default=0, metavar="M",
                     help="with --nova: boot M instances, three in four HA (default 0)")
 
@@ -97,7 +100,8 @@ def lab_main(args: argparse.Namespace) -> int:
 def _up(args: argparse.Namespace) -> int:
     lab = Lab.up(args.dir, args.nodes, args.voters, timeout=args.timeout,
                  register=not args.no_register, netns=args.netns,
-                 libvirt=args.libvirt, nova=args.nova, instances=args.instances)
+                 libvirt=args.libvirt, nova=args.nova, instances=args.instances,
+                 bmc=args.bmc)
     print(f"lab up in {lab.dir}: {', '.join(lab.names)} ready; leader {lab.leader()}")
     print(f"  hagentctl --socket {lab.nodes[0].admin_socket} status")
     print(f"  curl {lab.nodes[0].status_url}/status")

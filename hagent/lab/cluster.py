@@ -230,8 +230,10 @@ class Lab:
                                                                 p.libvirt_socket_dir)
                                                        for p in plans})
                     if nova:
+                        # In a netns lab the agents reach it over the lab bridge.
                         NovaSim.start(lab_dir, [p.name for p in plans], in_process=False,
-                                      lab_dir=lab_dir, timings=nova_timings)
+                                      lab_dir=lab_dir, timings=nova_timings,
+                                      bind=network.gateway if network else "127.0.0.1")
                 except (power.PowerError, libvirtd.LibvirtdError, NovaSimError) as exc:
                     raise LabError(str(exc)) from None
                 for node in lab.nodes:

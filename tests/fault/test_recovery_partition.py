@@ -21,33 +21,11 @@ import time
 
 import pytest
 
-from hagent.lab import cluster
-from hagent.lab.netns import Network
-from hagent.lab.nova import NovaSim
 from recovery_helpers import (
     first_accepted_evacuation, follow, host_stopped, nova_lab, steps_of, until,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("lab")]
-
-
-class _BridgeNovaSim(NovaSim):
-    """The lab's simulator listening on the lab bridge's address, so agents inside their
-    namespaces reach it (``Lab.up`` starts it on 127.0.0.1, which a namespace's loopback
-    is not; see the report for the one-line change in hagent/lab/cluster.py that makes
-    this class unnecessary)."""
-
-    @classmethod
-    def start(cls, directory, hosts, **kwargs):
-        network = Network.load(directory)
-        if network is not None:
-            kwargs.setdefault("bind", network.gateway)
-        return NovaSim.start(directory, hosts, **kwargs)
-
-
-@pytest.fixture(autouse=True)
-def nova_on_the_bridge(monkeypatch):
-    monkeypatch.setattr(cluster, "NovaSim", _BridgeNovaSim)
 
 
 def partition_and_recover(lab, victim: str) -> tuple[dict, list[str], float]:
