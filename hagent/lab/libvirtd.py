@@ -22,7 +22,6 @@ Unix socket paths must stay under 108 bytes: the caller gives a short socket dir
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -33,6 +32,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import psutil
+
+from hagent.lab import records
 
 LIBVIRTD = "/usr/sbin/libvirtd"
 #: Seconds a libvirtd may take to accept connections (a loaded CI machine: a few).
@@ -152,29 +153,11 @@ class TestDriverLibvirtd:
 
 
 def _record(lab_dir: Path) -> dict[str, dict[str, Any]]:
-    try:
-        return json.loads((lab_dir / RECORD_FILE).read_text())
-    except FileNotFoundError:
-        return {}
-    except ValueError as exc:
-        raise LibvirtdError(f"{lab_dir / RECORD_FILE} is not valid JSON: {exc}") from None
+    return records.load(lab_dir / RECORD_FILE, LibvirtdError)
 
 
 def _save(lab_dir: Path, record: dict[str, dict[str, Any]]) -> None:
-    tmp = lab_dir / (RECORD_FILE + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, lab_dir / RECORD_FILE)
-
-
-def _alive(entry: dict[str, Any]) -> psutil.Process | None:
-    """The libvirtd recorded in ``entry`` if it is still that process (not a reused pid)."""
-    try:
-        proc = psutil.Process(entry["pid"])
-        if proc.create_time() == entry["created"] and proc.status() != psutil.STATUS_ZOMBIE:
-            return proc
-    except (psutil.Error, KeyError):
-        pass
-    return None
+    records.save(lab_dir / RECORD_FILE, record)
 
 
 def start_hosts(lab_dir: Path, hosts: dict[str, tuple[Path, Path]]) -> dict[str, str]:
@@ -190,8 +173,7 @@ def start_hosts(lab_dir: Path, hosts: dict[str, tuple[Path, Path]]) -> dict[str,
                 daemon.start()
             finally:
                 if daemon.proc is not None:
-                    record[host] = {"pid": daemon.proc.pid,
-                                    "created": psutil.Process(daemon.proc.pid).create_time(),
+                    record[host] = {**records.process_entry(daemon.proc.pid),
                                     "uri": daemon.uri, "log": str(daemon.log)}
                     _save(lab_dir, record)
             uris[host] = daemon.uri
@@ -204,7 +186,7 @@ def start_hosts(lab_dir: Path, hosts: dict[str, tuple[Path, Path]]) -> dict[str,
 def stop_hosts(lab_dir: Path) -> None:
     """Stop every recorded libvirtd (SIGTERM, then SIGKILL) and forget them."""
     lab_dir = Path(lab_dir)
-    procs = [p for p in (_alive(entry) for entry in _record(lab_dir).values()) if p is not None]
+    procs = [p for p in (records.alive(entry) for entry in _record(lab_dir).values()) if p is not None]
     for proc in procs:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.send_signal(signal.SIGTERM)
@@ -219,4 +201,4 @@ def stop_hosts(lab_dir: Path) -> None:
 def pids(lab_dir: Path) -> dict[str, int]:
     """The running libvirtds of the lab in ``lab_dir``: host -> pid."""
     return {host: proc.pid for host, entry in _record(Path(lab_dir)).items()
-            if (proc := _alive(entry)) is not None}
+            if (proc := records.alive(entry)) is not None}

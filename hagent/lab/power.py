@@ -12,8 +12,6 @@ process than the one that started them.
 """
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
 import sys
@@ -23,6 +21,7 @@ from typing import Any
 
 import psutil
 
+from hagent.lab import records
 from hagent.lab.hostpower import HostPowerError, call, default_state_path
 
 POWER_FILE = "power.json"
@@ -36,29 +35,11 @@ class PowerError(Exception):
 
 
 def _record(lab_dir: Path) -> dict[str, dict[str, Any]]:
-    try:
-        return json.loads((lab_dir / POWER_FILE).read_text())
-    except FileNotFoundError:
-        return {}
-    except ValueError as exc:
-        raise PowerError(f"{lab_dir / POWER_FILE} is not valid JSON: {exc}") from None
+    return records.load(lab_dir / POWER_FILE, PowerError)
 
 
 def _save(lab_dir: Path, record: dict[str, dict[str, Any]]) -> None:
-    tmp = lab_dir / (POWER_FILE + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, lab_dir / POWER_FILE)
-
-
-def _alive(entry: dict[str, Any]) -> psutil.Process | None:
-    """The switch process recorded in ``entry`` if it is still that process (not a reused pid)."""
-    try:
-        proc = psutil.Process(entry["pid"])
-        if proc.create_time() == entry["created"] and proc.status() != psutil.STATUS_ZOMBIE:
-            return proc
-    except (psutil.Error, KeyError):
-        pass
-    return None
+    records.save(lab_dir / POWER_FILE, record)
 
 
 def start_switches(lab_dir: Path, hosts: dict[str, Path], env: dict[str, str]) -> None:
@@ -77,8 +58,7 @@ def start_switches(lab_dir: Path, hosts: dict[str, Path], env: dict[str, str]) -
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
                 start_new_session=True)
         procs[host] = proc
-        record[host] = {"pid": proc.pid, "created": psutil.Process(proc.pid).create_time(),
-                        "socket": str(socket_path)}
+        record[host] = {**records.process_entry(proc.pid), "socket": str(socket_path)}
     _save(lab_dir, record)
     deadline = time.monotonic() + START_TIMEOUT
     for host, socket_path in hosts.items():
@@ -96,7 +76,7 @@ def start_switches(lab_dir: Path, hosts: dict[str, Path], env: dict[str, str]) -
 def stop_switches(lab_dir: Path) -> None:
     """Stop every recorded switch (SIGTERM, then SIGKILL) and forget them."""
     record = _record(lab_dir)
-    procs = [p for p in (_alive(entry) for entry in record.values()) if p is not None]
+    procs = [p for p in (records.alive(entry) for entry in record.values()) if p is not None]
     for proc in procs:
         proc.send_signal(signal.SIGTERM)
     _, left = psutil.wait_procs(procs, timeout=5.0)
