@@ -14,7 +14,7 @@ from typing import Any, Callable
 import pytest
 
 from hagent.config import load_config
-from hagent.lab.cluster import Lab, http_json
+from hagent.lab.cluster import Lab, LabError, http_json
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("lab")]
 
@@ -80,7 +80,15 @@ def test_a_non_voter_proposes_and_reads_through_the_voters(lab: Lab):
     assert answer["committed"] is True
     nid = answer["notification"]["notification_uuid"]
     assert lab.admin("node5", "notification.show", {"notification_uuid": nid})["source_node"] == "node4"
-    assert lab.admin("node1", "notification.show", {"notification_uuid": nid})["hostname"] == "node4"
+
+    def on_node1() -> dict | None:
+        # A follower voter answers from what it has applied: the commit reaches it a moment later.
+        try:
+            return lab.admin("node1", "notification.show", {"notification_uuid": nid})
+        except LabError:
+            return None
+
+    assert until("node1 applied the notification", on_node1)["hostname"] == "node4"
     assert [s["name"] for s in lab.admin("node4", "segment.list")] == ["lab"]
     hosts = lab.admin("node5", "host.list", {"segment": "lab"})
     assert sorted(h["name"] for h in hosts) == [f"node{i}" for i in range(1, 6)]
