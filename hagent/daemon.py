@@ -27,8 +27,8 @@ import inspect
 import logging
 import signal
 import time
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from prometheus_client import CollectorRegistry
@@ -47,11 +47,11 @@ from hagent.forward.metrics import register_forward_metrics
 from hagent.membership.service import MembershipService
 from hagent.metrics import register_agent_metrics, register_gossip_metrics
 from hagent.monitors.runner import Monitors
-from recovery.engine import RecoveryEngine
-from recovery.nova import NovaClient
 from hagent.spool import Spool
 from hagent.status_http import StatusServer
 from hagent.submitter import Submitter
+from recovery.engine import RecoveryEngine
+from recovery.nova import NovaClient
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +152,10 @@ class Agent:
 
     def components(self) -> list[Component]:
         """The parts ``serve`` starts, in start order (stopped in reverse): the log first
-        (everything else needs it), membership before the admin socket and the status
-        endpoint that show it, the submitter last (it proposes at once)."""
+        (everything else needs it), leases before membership (a host renews before others
+        may judge it), detection and recovery after membership, the admin socket and the
+        status endpoint before the submitter (it proposes at once), the monitors last (their
+        stop hands what they queued to the submitter's spool)."""
         parts = [Component("backend", self.backend.start, self.backend.stop),
                  Component("leases", self.leases.start, self.leases.stop)]
         if self.membership is not None:
