@@ -13,13 +13,20 @@ non-voter) or every node's ``security.voter_keys`` (for a voter).
 """
 from __future__ import annotations
 
+import logging
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import zmq
 
 from hagent.secretfile import SecretFileError, read_private, write_private
+
+log = logging.getLogger(__name__)
+
+#: Distinct refused keys logged (each once); more are only counted.
+LOGGED_REFUSED_KEYS = 100
 
 #: A CURVE key is 32 bytes; Z85 writes 4 bytes as 5 characters.
 Z85_LENGTH = 40
@@ -103,3 +110,26 @@ def read_key_pair(path: Path) -> KeyPair:
         raise SecretFileError(path, "key file's public key does not belong to its secret key",
                               _create_hint(path))
     return KeyPair(keys["public"], keys["secret"])
+
+
+class AllowList:
+    """ZAP credentials provider for a CURVE server socket: exactly the configured Z85 public
+    keys (``security.allowed_keys``); counts refusals. ``service`` names the socket in logs."""
+
+    def __init__(self, keys: Iterable[str], service: str) -> None:
+        self.keys = frozenset(k.encode("ascii") for k in keys)
+        self.service = service
+        self.refused = 0
+        self._logged: set[bytes] = set()
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        if key in self.keys:
+            return True
+        self.refused += 1
+        # A refused peer reconnects every 100 ms: log each key once (bounded), count all.
+        if key not in self._logged and len(self._logged) < LOGGED_REFUSED_KEYS:
+            self._logged.add(key)
+            log.warning("%s: refused CURVE key %s: not in security.allowed_keys (further "
+                        "attempts with it are only counted)", self.service,
+                        key.decode("ascii", "replace"))
+        return False

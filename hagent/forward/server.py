@@ -36,7 +36,7 @@ import zmq.asyncio
 from zmq.auth.asyncio import AsyncioAuthenticator
 
 from hagent.forward import protocol
-from hagent.forward.keys import KeyPair
+from hagent.forward.keys import LOGGED_REFUSED_KEYS, AllowList, KeyPair
 from hagent.queries import QueryError
 
 log = logging.getLogger(__name__)
@@ -50,9 +50,6 @@ HARD_MAX_BYTES = 4 * protocol.MAX_REQUEST_BYTES
 #: hundreds of nodes submit (each submitter keeps at most `notifications.max_in_flight`,
 #: 64 by default, in flight).
 MAX_IN_FLIGHT = 10_000
-#: Distinct refused keys logged (each once); more are only counted. Also the bound of the
-#: distinct (key, op) pairs whose forbidden proposals are logged.
-LOGGED_REFUSED_KEYS = 100
 #: The ZAP domain of the forward socket (appears in ZAP requests and logs).
 ZAP_DOMAIN = "hagent-forward"
 
@@ -74,26 +71,6 @@ class VoterHandler(Protocol):
 
     def leader(self) -> str | None:
         """The Raft address of the leader this voter knows, or None."""
-
-
-class _AllowList:
-    """ZAP credentials provider: exactly the configured Z85 public keys; counts refusals."""
-
-    def __init__(self, keys: list[str]) -> None:
-        self.keys = frozenset(k.encode("ascii") for k in keys)
-        self.refused = 0
-        self._logged: set[bytes] = set()
-
-    def callback(self, domain: str, key: bytes) -> bool:
-        if key in self.keys:
-            return True
-        self.refused += 1
-        # A refused peer reconnects every 100 ms: log each key once (bounded), count all.
-        if key not in self._logged and len(self._logged) < LOGGED_REFUSED_KEYS:
-            self._logged.add(key)
-            log.warning("forward: refused CURVE key %s: not in security.allowed_keys "
-                        "(further attempts with it are only counted)", key.decode("ascii", "replace"))
-        return False
 
 
 def _peer_key(frame: zmq.Frame) -> str:
@@ -118,7 +95,7 @@ class ForwardServer:
         self.handler = handler
         self.bind = bind
         self.key_pair = key_pair
-        self._allow = _AllowList(allowed_keys)
+        self._allow = AllowList(allowed_keys, "forward")
         self._ctx: zmq.asyncio.Context | None = None
         self._auth: AsyncioAuthenticator | None = None
         self._router: zmq.asyncio.Socket | None = None

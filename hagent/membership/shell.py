@@ -37,7 +37,7 @@ import zmq
 import zmq.asyncio
 from zmq.auth.asyncio import AsyncioAuthenticator
 
-from hagent.forward.keys import KeyPair
+from hagent.forward.keys import AllowList, KeyPair
 from hagent.forward.server import zmq_endpoint
 from hagent.membership import messages
 from hagent.membership.messages import DecodeError, Message
@@ -80,31 +80,10 @@ MAX_LEARNED_KEYS = 10_000
 #: libzmq drops a connection whose peer sends a message larger than ``HARD_MAX_FACTOR`` times
 #: the codec's cap; anything between the two is read, counted ``oversized`` and dropped.
 HARD_MAX_FACTOR = 4
-#: Distinct refused keys logged (each once); more are only counted.
-LOGGED_REFUSED_KEYS = 100
 
 
 class GossipBindError(Exception):
     """``gossip.bind`` could not be bound; ``str()`` names the address, the cause and the fix."""
-
-
-class _AllowList:
-    """ZAP credentials provider: exactly ``security.allowed_keys``; counts refusals."""
-
-    def __init__(self, keys: frozenset[str]) -> None:
-        self.keys = frozenset(k.encode("ascii") for k in keys)
-        self.refused = 0
-        self._logged: set[bytes] = set()
-
-    def callback(self, domain: str, key: bytes) -> bool:
-        if key in self.keys:
-            return True
-        self.refused += 1
-        if key not in self._logged and len(self._logged) < LOGGED_REFUSED_KEYS:
-            self._logged.add(key)
-            log.warning("gossip: refused CURVE key %s: not in security.allowed_keys (further "
-                        "attempts with it are only counted)", key.decode("ascii", "replace"))
-        return False
 
 
 class PeerKeys:
@@ -161,7 +140,7 @@ class GossipWire:
         self.max_message_bytes = max_message_bytes
         self.keys = PeerKeys(seed_keys, frozenset(allowed_keys))
         self._on_message = on_message
-        self._allow = _AllowList(frozenset(allowed_keys))
+        self._allow = AllowList(allowed_keys, "gossip")
         self._ctx: zmq.asyncio.Context | None = None
         self._auth: AsyncioAuthenticator | None = None
         self._pull: zmq.asyncio.Socket | None = None
