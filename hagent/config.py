@@ -260,11 +260,26 @@ class NodeConfig:
         "Runtime files (admin socket). systemd's `RuntimeDirectory=` creates it, cleared on reboot.")
 
 
-def _bind_in_voters(bind: str, voters: list[str]) -> str | None:
+def _bind_written_as_in_voters(bind: str, voters: list[str]) -> str | None:
+    """A bind outside ``voters`` makes an eligible non-voter; one that names a voters entry
+    written differently (``07170`` for ``7170``, a host name's case) is a typo that would
+    quietly turn a voter into a non-voter."""
     if not bind or bind in voters:
         return None
-    return (f"{_q(bind)} is not one of voters (compared exactly, as written): a voter binds "
-            "its own voters entry; a non-voter leaves bind empty")
+    try:
+        host, port = split_host_port(bind)
+    except ValueError:
+        return None  # the value check reports it
+    for voter in voters:
+        try:
+            other_host, other_port = split_host_port(voter)
+        except ValueError:
+            continue
+        if other_port == port and other_host.lower() == host.lower():
+            return (f"{_q(bind)} is voters entry {_q(voter)} written differently: addresses "
+                    "are compared exactly, so write it as in voters (a bind outside voters "
+                    "makes an eligible non-voter)")
+    return None
 
 
 def _min_below_max(low: float, high: float) -> str | None:
@@ -302,7 +317,8 @@ class RaftConfig:
     """The Raft log (pysyncobj): who votes, how it is secured, its timing and durability."""
 
     rules: ClassVar[tuple[Rule, ...]] = (
-        Rule(("bind", "voters"), _bind_in_voters, "`bind` is empty or one of `voters`"),
+        Rule(("bind", "voters"), _bind_written_as_in_voters,
+             "`bind` outside `voters` is not a `voters` entry written differently"),
         Rule(("election_timeout_min", "election_timeout_max"), _min_below_max,
              "`election_timeout_min` < `election_timeout_max`"),
         Rule(("append_entries_period", "election_timeout_min"), _heartbeat_below_election,
@@ -314,8 +330,11 @@ class RaftConfig:
     )
 
     voters: list[str] = required(
-        "`host:port` Raft addresses of the 3 or 5 voters. Every node lists the same set; "
-        "a node whose `bind` is in this list is a voter, every other node a non-voter replica.",
+        "`host:port` Raft addresses of the 3 or 5 bootstrap voters. Every node lists the same "
+        "set. It only starts the cluster: once the log holds a voter set (changed by "
+        "`hagentctl raft add-voter`/`remove-voter` or the autopilot, `[voters]`), that set "
+        "rules, and each node keeps its last copy in `STATE_DIR/voters.json` and starts from "
+        "it (a config that disagrees is logged, never obeyed).",
         check=(voter_set,), item_check=(host_port,),
         example=["10.0.0.11:7170", "10.0.0.12:7170", "10.0.0.13:7170"])
     secret_file: Path = knob(
@@ -324,8 +343,11 @@ class RaftConfig:
         "Start-up refuses a file other users may read or change (fix: `chmod 600`).")
     bind: str = knob(
         "",
-        "This node's own Raft `host:port` when it is a voter (must appear in `voters`); "
-        "empty on non-voters. Only this address is bound, never 0.0.0.0.",
+        "This node's own Raft `host:port`, bound while it is a voter (never 0.0.0.0). Set "
+        "on the bootstrap voters (their `voters` entry, written exactly as there) and on "
+        "every node that may become a voter: outside the voter set such a node is an "
+        "eligible non-voter, which the autopilot or an operator may promote. Empty: a "
+        "non-voter that is never promoted.",
         check=(empty_or_host_port,), example="10.0.0.11:7170")
     leader_fallback_timeout: float = knob(
         2.5,
@@ -384,6 +406,13 @@ class ForwardConfig:
         "forwarding, which only a cluster without non-voters can afford.",
         check=(no_duplicates,), item_check=(host_port,),
         example=["10.0.0.11:7171", "10.0.0.12:7171", "10.0.0.13:7171"])
+    bind: str = knob(
+        "",
+        "This node's own forward endpoint `host:port`, served while it is a voter. Empty on "
+        "a bootstrap voter means its `endpoints` entry; an eligible non-voter (`raft.bind` "
+        "outside `raft.voters`) must set it, since it is not in `endpoints`: it registers it, "
+        "and once promoted the non-voters learn it from the log.",
+        check=(empty_or_host_port,))
     timeout: float = knob(
         3.0,
         "Seconds a non-voter waits for one voter's answer before asking the next. A commit "
@@ -936,6 +965,63 @@ class RecoveryConfig:
         "--no-maintenance`.")
 
 
+@constraint("0 (the number of bootstrap voters), 3 or 5")
+def voter_target(value: int) -> str | None:
+    if value in (0, 3, 5):
+        return None
+    return (f"must be 0, 3 or 5, got {value}: an even count tolerates no more failures than "
+            "one voter fewer, and fewer than 3 lose the majority with one failure")
+
+
+_DOMAIN = re.compile(r"^[A-Za-z0-9_.:-]{1,63}$")
+
+
+@constraint("empty, or up to 63 letters, digits, `_`, `.`, `:` and `-`")
+def failure_domain_label(value: str) -> str | None:
+    if not value or _DOMAIN.match(value):
+        return None
+    return f"{_q(value)} is not a failure domain label (letters, digits, _ . : -; at most 63)"
+
+
+@dataclass(frozen=True)
+class VotersConfig:
+    """The Raft voter set as the cluster manages it (docs/voters.md): the leader adds and
+    removes voters one change at a time, and replaces a voter whose host is dead and fenced
+    by the best eligible non-voter (a node with `raft.bind` outside the voter set)."""
+
+    auto_replace: bool = knob(
+        True,
+        "Let the leader replace a voter whose host was declared dead and fenced by an eligible "
+        "non-voter, keeping `target` voters. On by default: a voter set of compute hosts "
+        "loses a member whenever a host dies, and one more loss would stop the log, so no "
+        "recovery could run. Off: only `hagentctl raft add-voter`/`remove-voter` change it.")
+    target: int = knob(
+        0,
+        "How many voters the autopilot keeps. 0: as many as `raft.voters` lists (3 or 5). "
+        "5 survives two host failures at once; 3 costs the leader less per commit.",
+        check=(voter_target,))
+    max_catchup_lag: int = knob(
+        100,
+        "A non-voter being promoted counts toward quorum only once its applied index is "
+        "within this many entries of the leader's commit (its reports are fresh): added "
+        "earlier, a lagging voter would hold back every commit that needs its "
+        "acknowledgement. 100 entries is well under a second of catch-up at hagent's rates.",
+        check=(non_negative,))
+    catchup_timeout: float = knob(
+        60.0,
+        "Seconds a promotion may take from its start until the candidate has caught up; "
+        "after that it is aborted (the candidate goes back to being a non-voter) and the "
+        "autopilot may try another. A fresh node installs a snapshot and replays the journal "
+        "tail in a few seconds; 60 s allows a large state on a slow link.",
+        check=(positive,))
+    failure_domain: str = knob(
+        "",
+        "This node's failure domain (rack, room, power feed). The autopilot prefers a "
+        "replacement in a domain no other voter is in, so one outage cannot take a majority. "
+        "Empty: no label; every node counts as its own domain.",
+        check=(failure_domain_label,), example="rack-a")
+
+
 def _endpoints_per_voter(forward: ForwardConfig, raft: RaftConfig) -> str | None:
     if not forward.endpoints or len(forward.endpoints) == len(raft.voters):
         return None
@@ -958,8 +1044,28 @@ def _non_voter_can_forward(forward: ForwardConfig, security: SecurityConfig,
                                         ("security.voter_keys", security.voter_keys)) if not value]
     if not missing:
         return None
-    return (f"this node is a non-voter (raft.bind is empty) and keeps no Raft state: it reaches "
-            f"the log only through the voters' forward endpoints, so set {' and '.join(missing)}")
+    return (f"this node is a non-voter (raft.bind is not in raft.voters) and keeps no Raft "
+            f"state: it reaches the log only through the voters' forward endpoints, so set "
+            f"{' and '.join(missing)}")
+
+
+def _eligible_has_forward_bind(forward: ForwardConfig, raft: RaftConfig) -> str | None:
+    if not raft.bind or raft.bind in raft.voters or not forward.endpoints or forward.bind:
+        return None
+    return (f"raft.bind {_q(raft.bind)} is not in raft.voters, so this node is an eligible "
+            "non-voter that may be promoted; set forward.bind to the forward endpoint it will "
+            "serve as a voter (non-voters learn it from the log)")
+
+
+def _forward_bind_is_own_entry(forward: ForwardConfig, raft: RaftConfig) -> str | None:
+    if not forward.bind or raft.bind not in raft.voters or not forward.endpoints \
+            or len(forward.endpoints) != len(raft.voters):
+        return None
+    own = forward.endpoints[raft.voters.index(raft.bind)]
+    if forward.bind == own:
+        return None
+    return (f"bind {_q(forward.bind)} differs from this voter's endpoints entry {_q(own)}: "
+            "non-voters connect to the entry, so leave bind empty or make them equal")
 
 
 @dataclass(frozen=True)
@@ -970,7 +1076,13 @@ class Config:
         Rule(("security", "raft"), _keys_per_voter,
              "`security.voter_keys` is empty or has one entry per `raft.voters` entry"),
         Rule(("forward", "security", "raft"), _non_voter_can_forward,
-             "a non-voter (empty `raft.bind`) has `forward.endpoints` and `security.voter_keys`"),
+             "a non-voter (`raft.bind` not in `raft.voters`) has `forward.endpoints` and "
+             "`security.voter_keys`"),
+        Rule(("forward", "raft"), _eligible_has_forward_bind,
+             "an eligible non-voter (`raft.bind` outside `raft.voters`) with forwarding sets "
+             "`forward.bind`"),
+        Rule(("forward", "raft"), _forward_bind_is_own_entry,
+             "a bootstrap voter's `forward.bind` is empty or its `forward.endpoints` entry"),
     )
 
     node: NodeConfig
@@ -985,11 +1097,19 @@ class Config:
     detection: DetectionConfig = field(default_factory=DetectionConfig)
     monitors: MonitorsConfig = field(default_factory=MonitorsConfig)
     recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
+    voters: VotersConfig = field(default_factory=VotersConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     @property
     def is_voter(self) -> bool:
+        """Whether ``raft.bind`` is in ``raft.voters``: a bootstrap voter, or (in the config
+        the daemon derives from the committed voter set) a voter now."""
         return bool(self.raft.bind) and self.raft.bind in self.raft.voters
+
+    @property
+    def eligible(self) -> bool:
+        """Whether this node may be a voter at all (it has a Raft address)."""
+        return bool(self.raft.bind)
 
     @property
     def forwarding(self) -> bool:
@@ -997,11 +1117,21 @@ class Config:
         return bool(self.forward.endpoints)
 
     @property
+    def own_forward_endpoint(self) -> str:
+        """The forward endpoint this node serves whenever it is a voter: ``forward.bind``, or
+        its ``forward.endpoints`` entry on a bootstrap voter ('' without forwarding)."""
+        if not self.forwarding or not self.raft.bind:
+            return ""
+        if self.forward.bind:
+            return self.forward.bind
+        if self.raft.bind in self.raft.voters and len(self.forward.endpoints) == len(self.raft.voters):
+            return self.forward.endpoints[self.raft.voters.index(self.raft.bind)]
+        return ""
+
+    @property
     def forward_bind(self) -> str:
         """This voter's own forward endpoint ('' on a non-voter or without forwarding)."""
-        if not self.is_voter or not self.forwarding:
-            return ""
-        return self.forward.endpoints[self.raft.voters.index(self.raft.bind)]
+        return self.own_forward_endpoint if self.is_voter else ""
 
 
 class ConfigError(Exception):

@@ -138,9 +138,15 @@ def test_duplicate_voters():
     assert error == 'raft.voters: "A:1" is listed twice (entries 0 and 2)'
 
 
-def test_bind_must_be_one_of_the_voters():
+def test_bind_outside_the_voters_makes_an_eligible_non_voter_that_needs_forward_bind():
     (error,) = errors_of(with_raft('bind = "10.0.0.9:7170"'))
-    assert error.startswith('raft.bind: "10.0.0.9:7170" is not one of voters')
+    assert error.startswith('forward: raft.bind "10.0.0.9:7170" is not in raft.voters, so '
+                            'this node is an eligible non-voter')
+    assert "set forward.bind" in error
+    config = loads_config(MINIMAL.replace("[security]", '[security]').replace(
+        '[forward]\n', '[forward]\nbind = "10.0.0.9:7171"\n') + 'bind = "10.0.0.9:7170"\n')
+    assert config.eligible and not config.is_voter
+    assert config.forward_bind == "" and config.own_forward_endpoint == "10.0.0.9:7171"
 
 
 def test_bind_must_be_host_port_and_is_reported_once():
@@ -345,7 +351,31 @@ def test_bad_entries_and_bad_count_reported_together():
 
 def test_bind_compared_exactly_so_is_voter_agrees():
     (error,) = errors_of(with_raft('bind = "10.0.0.1:07170"'))
-    assert error.startswith('raft.bind: "10.0.0.1:07170" is not one of voters')
+    assert error.startswith('raft.bind: "10.0.0.1:07170" is voters entry "10.0.0.1:7170" '
+                            'written differently')
+
+
+def test_voters_section_defaults_and_checks():
+    config = loads_config(MINIMAL)
+    assert config.voters.auto_replace is True and config.voters.target == 0
+    assert config.voters.max_catchup_lag == 100 and config.voters.catchup_timeout == 60.0
+    assert config.voters.failure_domain == ""
+    text = MINIMAL + '[voters]\ntarget = 4\nfailure_domain = "rack a"\ncatchup_timeout = 0\n'
+    errors = errors_of(text)
+    assert errors[0].startswith("voters.target: must be 0, 3 or 5, got 4")
+    assert errors[1].startswith('voters.catchup_timeout: must be greater than 0')
+    assert errors[2].startswith('voters.failure_domain: "rack a" is not a failure domain label')
+    config = loads_config(MINIMAL + '[voters]\ntarget = 5\nfailure_domain = "dc1:rack-a"\n')
+    assert config.voters.target == 5 and config.voters.failure_domain == "dc1:rack-a"
+
+
+def test_a_bootstrap_voters_forward_bind_is_its_endpoints_entry():
+    voter = with_raft('bind = "10.0.0.2:7170"')
+    config = loads_config(voter.replace('[forward]\n', '[forward]\nbind = "10.0.0.2:7171"\n'))
+    assert config.forward_bind == "10.0.0.2:7171"
+    (error,) = errors_of(voter.replace('[forward]\n', '[forward]\nbind = "10.0.0.2:7999"\n'))
+    assert error.startswith('forward: bind "10.0.0.2:7999" differs from this voter\'s '
+                            'endpoints entry "10.0.0.2:7171"')
 
 
 def test_top_level_key_outside_any_table():
