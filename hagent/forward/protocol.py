@@ -34,6 +34,10 @@ fence nor stop, fake or block a recovery through them. The forward endpoint has 
 a CURVE key to a node name, so it cannot check that a proposal is about the proposer
 itself; it refuses these ops from every forwarded proposal instead.
 
+Voter-set ops: ``voters.change``/``commit``/``abort``/``bootstrap`` are refused the same way;
+``voters.register`` and ``voters.progress`` (``SELF_VOTER_OPS``) are let through only about the
+node whose registered public key is the sender's CURVE key (``self_op_refusal``).
+
 Anything that does not follow these rules raises a ``ProtocolError`` subclass whose
 ``reason`` (``malformed``, ``version``, ``too_large``) labels the drop counter: the receive
 loops drop such a message, count it and carry on.
@@ -73,7 +77,7 @@ KINDS = (PROPOSE, QUERY, STATUS)
 QUERY_NAMES = frozenset({
     "list_segments", "get_segment", "list_hosts", "get_host", "list_notifications",
     "get_notification", "counts_by_status", "notification_count", "list_leases", "get_lease",
-    "incidents", "incident", "recovery_claim",
+    "incidents", "incident", "recovery_claim", "voters",
 })
 
 #: Ops only the voters' own failure detection (host.*) and recovery engine (recovery.*, the
@@ -84,7 +88,14 @@ QUERY_NAMES = frozenset({
 VOTER_ONLY_OPS = frozenset({
     "host.down", "host.fenced", "host.up", "recovery.claim", "recovery.intent",
     "recovery.result", "notification.transition", "notification.vmove",
+    # The voter set: only the voters' leader (and hagentctl on a voter) changes it; a
+    # non-voter's key must never add itself or remove a voter.
+    "voters.change", "voters.commit", "voters.abort", "voters.bootstrap",
 })
+#: Voter-set ops a non-voter may send, each only about the node holding the sending key:
+#: an eligible node registers itself (its record carries its public key, which must be the
+#: one it connects with) and a promoted candidate reports its catch-up progress.
+SELF_VOTER_OPS = frozenset({"voters.register", "voters.progress"})
 
 # Failure codes of a reply (``code``).
 CODE_QUERY = "query"              # the query's arguments are wrong (QueryError); not retryable
@@ -191,6 +202,31 @@ def forward_refusal(command: dict[str, Any]) -> str | None:
         return ("refused: a non-voter may not submit COMPUTE_HOST notifications (a STOPPED one "
                 "declares the host fenced); host failures come from the cluster's detection, "
                 "or from hagentctl notification create on a voter")
+    return None
+
+
+def self_op_refusal(command: dict[str, Any], peer_key: str,
+                    registered_key: str | None) -> str | None:
+    """Why a voter must not propose a ``SELF_VOTER_OPS`` command for the non-voter holding
+    ``peer_key`` (its CURVE key, as ZAP authenticated it), or None when it may.
+
+    ``registered_key`` is the public key the cluster state has on record for the command's
+    ``node`` (None: not registered). A registration must carry the sender's own key and may
+    not take over a name registered with another key (that would point the non-voters at the
+    sender's forward endpoint as that node); a progress report must come from the key its
+    node registered."""
+    op, node = command.get("op"), command.get("node")
+    if op == "voters.register":
+        if command.get("public_key") != peer_key:
+            return (f"refused: voters.register of {node!r} carries public key "
+                    f"{command.get('public_key')!r}, not the key {peer_key} it was sent with")
+        if registered_key is not None and registered_key != peer_key:
+            return (f"refused: {node!r} is registered with another public key; a node that "
+                    f"changed its key is re-registered from a voter")
+        return None
+    if op == "voters.progress" and registered_key != peer_key:
+        return (f"refused: voters.progress about {node!r} from a key that is not the one "
+                f"{node!r} registered")
     return None
 
 

@@ -16,7 +16,9 @@ handshake, so it cannot send a single message. Messages are msgpack, validated b
 ``hagent.forward.protocol`` (no pickles: a non-voter cannot run code on a voter). Proposals of
 the ops that drive detection and recovery (``protocol.forward_refusal``) are answered
 ``forbidden`` without reaching the log, and logged once per key and op with the proposer's
-public key (the ZAP User-Id of the message).
+public key (the ZAP User-Id of the message). That key is also what lets a non-voter register
+itself for promotion and report its catch-up (``protocol.self_op_refusal``): only about the
+node that registered it.
 
 Robustness: a message libzmq would have to buffer beyond ``HARD_MAX_BYTES`` (``MAXMSGSIZE``)
 cuts that peer's connection before it is read; anything smaller that is malformed, of another
@@ -188,6 +190,10 @@ class ForwardServer:
         self.requests[request.kind] += 1
         if isinstance(request, protocol.Propose):
             refusal = protocol.forward_refusal(request.command)
+            if refusal is None and request.command["op"] in protocol.SELF_VOTER_OPS:
+                peer = _peer_key(body)
+                refusal = protocol.self_op_refusal(request.command, peer,
+                                                   self._registered_key(request.command))
             if refusal is not None:
                 self._log_forbidden(_peer_key(body), request.command["op"], refusal)
                 self._send_soon(loop, identity, self._failure(
@@ -201,6 +207,16 @@ class ForwardServer:
         task = loop.create_task(self._answer(identity, request))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _registered_key(self, command: dict[str, Any]) -> str | None:
+        """The public key the state has on record for the command's node (None: none)."""
+        try:
+            view = self.handler.query("voters", {})
+        except QueryError:
+            return None
+        record = (view.get("registry") or {}).get(command.get("node")) \
+            if isinstance(view, dict) else None
+        return record.get("public_key") if isinstance(record, dict) else None
 
     def _log_forbidden(self, peer: str, op: str, refusal: str) -> None:
         """Warn once per key and op (bounded): a non-voter proposing these is either a bug or

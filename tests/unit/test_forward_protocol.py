@@ -189,3 +189,33 @@ def test_hagent_keygen_writes_the_pair_and_prints_the_public_key(tmp_path, capsy
     assert "already exists" in capsys.readouterr().err
     assert main(["keygen", "--out", str(path), "--force"]) == 0
     assert capsys.readouterr().out.strip() != public
+
+
+KEY_A = "6Dh>1]T/*wB24WZW*]UGy){}I0ML[F{%IDv)4%1<"
+KEY_B = "NkIz@ym?%?57[]mjkC-LpcX)Kw.9fk(t-9kn#&mT"
+
+
+def test_voter_set_changes_are_voter_only_and_self_ops_pass_the_generic_check():
+    for op in ("voters.change", "voters.commit", "voters.abort", "voters.bootstrap"):
+        assert op in p.VOTER_ONLY_OPS and "non-voter" in p.forward_refusal({"op": op})
+    for op in p.SELF_VOTER_OPS:
+        assert p.forward_refusal({"op": op, "node": "n4"}) is None
+    assert "voters" in p.QUERY_NAMES
+
+
+def test_a_non_voter_registers_only_itself_with_its_own_key():
+    register = {"op": "voters.register", "node": "n4", "raft_address": "10.0.0.4:7170",
+                "forward_address": "10.0.0.4:7171", "public_key": KEY_A, "failure_domain": ""}
+    assert p.self_op_refusal(register, KEY_A, None) is None          # first registration
+    assert p.self_op_refusal(register, KEY_A, KEY_A) is None         # idempotent again
+    assert "not the key" in p.self_op_refusal(register, KEY_B, None)  # someone else's key
+    # Taking over a name registered with another key (e.g. a voter's) is refused.
+    hijack = {**register, "node": "n1", "public_key": KEY_B}
+    assert "registered with another public key" in p.self_op_refusal(hijack, KEY_B, KEY_A)
+
+
+def test_progress_reports_come_only_from_the_key_their_node_registered():
+    progress = {"op": "voters.progress", "node": "n4", "applied": 10, "leader_commit": 12}
+    assert p.self_op_refusal(progress, KEY_A, KEY_A) is None
+    assert "not the one" in p.self_op_refusal(progress, KEY_B, KEY_A)
+    assert "not the one" in p.self_op_refusal(progress, KEY_A, None)  # never registered
