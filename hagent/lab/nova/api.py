@@ -449,10 +449,10 @@ class NovaApp:
 
     def update_service(self, r: Request) -> Reply:
         assert r.ctx is not None
-        NovaModel.require_admin(r.ctx, "os_compute_api:os-services:update")
         body = r.body if isinstance(r.body, dict) else {}
         if r.mv >= (2, 53):
             return self._update_service_v253(r, body)
+        NovaModel.require_admin(r.ctx, "os_compute_api:os-services:update")
         action = r.match["id"]
         actions = {"enable": ("enabled", None), "disable": ("disabled", None),
                    "disable-log-reason": ("disabled", None)}
@@ -471,7 +471,7 @@ class NovaApp:
         if action == "force-down":
             if "forced_down" not in body:
                 raise NovaError(400, "Missing forced_down field")
-            forced = _strict_bool(body["forced_down"])
+            forced = _schema_bool(body["forced_down"], "forced_down")
         _, wait = self.model.update_service_by_host(host_name, binary, r.now, status=status,
                                                     disabled_reason=reason if status else None,
                                                     forced_down=forced)
@@ -485,10 +485,12 @@ class NovaApp:
         return Reply(200, {"service": service}, wait=wait)
 
     def _update_service_v253(self, r: Request, body: dict[str, Any]) -> Reply:
+        """Nova's order: the body schema, the uuid in the path, the policy, the lookup."""
+        assert r.ctx is not None
         extra = sorted(set(body) - {"status", "disabled_reason", "forced_down"})
-        if extra:
-            raise NovaError(400, f"Invalid input for field/attribute. Additional properties "
-                                 f"are not allowed ({extra[0]!r} was unexpected)")
+        if extra:  # a top-level schema error: jsonschema's message alone
+            raise NovaError(400, f"Additional properties are not allowed ({extra[0]!r} was "
+                                 f"unexpected)")
         status = body.get("status")
         if status is not None and status not in ("enabled", "disabled"):
             raise NovaError(400, f"Invalid input for field/attribute status. Value: {status}. "
@@ -496,10 +498,12 @@ class NovaApp:
         reason = body.get("disabled_reason")
         if reason is not None and (not isinstance(reason, str) or not 1 <= len(reason) <= 255):
             raise NovaError(400, "Invalid input for field/attribute disabled_reason.")
-        forced = _strict_bool(body["forced_down"]) if "forced_down" in body else None
+        forced = _schema_bool(body["forced_down"], "forced_down") if "forced_down" in body \
+            else None
         ident = r.match["id"]
         if not re.fullmatch(r"[0-9a-fA-F-]{32,36}", ident):
             raise NovaError(400, f"Invalid uuid {ident}")
+        NovaModel.require_admin(r.ctx, "os_compute_api:os-services:update")
         host, wait = self.model.update_service(ident, r.now, status=status,
                                                disabled_reason=reason, forced_down=forced)
         svc = next(s for s in self.model.services() if s["uuid"] == host.service_uuid)
@@ -616,6 +620,25 @@ class NovaApp:
                 and r.query.get("migration_type", m.migration_type) == m.migration_type]
         return Reply(200, {"migrations": [views.migration(self.model, m, r.mv)
                                           for m in reversed(migs)]})
+
+
+#: Nova's ``parameter_types.boolean``: what its JSON schemas take for a boolean body field.
+_SCHEMA_BOOLEAN: list[Any] = [True, "True", "TRUE", "true", "1", "ON", "On", "on", "YES", "Yes",
+                              "yes", False, "False", "FALSE", "false", "0", "OFF", "Off", "off",
+                              "NO", "No", "no"]
+
+
+def _schema_bool(value: Any, name: str) -> bool:
+    """A body field Nova's schema declares ``parameter_types.boolean`` (a JSON boolean or one
+    of its strings, nothing else: not 1, not "t"), refused with its validator's message."""
+    if not isinstance(value, (bool, str)):
+        raise NovaError(400, f"Invalid input for field/attribute {name}. Value: {value}. "
+                             f"{value!r} is not of type 'boolean', 'string'")
+    if value not in _SCHEMA_BOOLEAN:
+        raise NovaError(400, f"Invalid input for field/attribute {name}. Value: {value}. "
+                             f"{value!r} is not one of {_SCHEMA_BOOLEAN!r}")
+    return value is True or value in ("True", "TRUE", "true", "1", "ON", "On", "on", "YES",
+                                      "Yes", "yes")
 
 
 def _strict_bool(value: Any) -> bool:

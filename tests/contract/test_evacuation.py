@@ -1,0 +1,110 @@
+"""Evacuation as the recovery engine drives it (docs/recovery-nova.md "Host failure"):
+refused while Nova believes the source compute up, accepted at once after force_down,
+the end state at the engine's microversion 2.94 and at openstacksdk's default (2.95+),
+one ``evacuate`` instance action per accepted evacuation, and the way back for the host."""
+from __future__ import annotations
+
+import openstack.exceptions as osexc
+import pytest
+
+from tests.contract.backend import ENGINE_MICROVERSION, Backend
+
+pytestmark = [pytest.mark.xdist_group("realnova"), pytest.mark.timeout(900)]
+
+REASON = "hagent: host failed (contract test)"
+
+
+def actions(nova: Backend, server_id: str) -> list[str]:
+    """The server's instance actions, newest first."""
+    return [a.action for a in nova.conn.compute.server_actions(server_id)]
+
+
+def evacuated(nova: Backend, server_id: str, source: str):
+    """Poll until the server was rebuilt away from ``source`` and no task runs; it."""
+    return nova.wait_server(server_id,
+                            lambda s: s.compute_host != source and s.task_state is None,
+                            nova.deadlines.transition, f"evacuation away from {source}")
+
+
+def migrations_of(nova: Backend, server_id: str) -> list[tuple[str, str, str]]:
+    return [(m.source_compute, m.dest_compute, m.status) for m in
+            nova.conn.compute.migrations(server_id=server_id, migration_type="evacuation")]
+
+
+def test_evacuation_refused_while_up_accepted_after_force_down_and_the_host_comes_back(nova):
+    source, other, target = nova.hosts
+    active = nova.boot_on(source)
+    stopped = nova.boot_on(source)
+    nova.conn.compute.stop_server(stopped)
+    nova.wait_status(stopped.id, "SHUTOFF")
+
+    still_in_use = f"Compute service of {source} is still in use."
+    with pytest.raises(osexc.BadRequestException, match=still_in_use):
+        nova.conn.compute.evacuate_server(active)
+    # nova-compute dies: Nova does not know yet and refuses the same way
+    nova.stop_compute(source)
+    with pytest.raises(osexc.BadRequestException, match=still_in_use):
+        nova.conn.compute.evacuate_server(active)
+    assert nova.service(source).state == "up"
+
+    # force down first: then disabling does not wait on the dead compute over RPC
+    service = nova.conn.compute.update_service_forced_down(nova.service(source), forced=True)
+    assert (service.state, service.is_forced_down) == ("down", True)
+    impatient = nova.connect(compute_api_version=ENGINE_MICROVERSION,
+                             api_timeout=nova.deadlines.rpc_response_timeout / 2)
+    service = impatient.compute.disable_service(service, disabled_reason=REASON)
+    impatient.close()
+    assert (service.status, service.disabled_reason) == ("disabled", REASON)
+
+    # what Nova checks before the source's state
+    with pytest.raises(osexc.NotFoundException, match="Compute host no-such-host not found."):
+        nova.conn.compute.evacuate_server(active, host="no-such-host")
+    with pytest.raises(osexc.BadRequestException,
+                       match="The target host can't be the same one."):
+        nova.conn.compute.evacuate_server(active, host=source)
+
+    nova.conn.compute.evacuate_server(active)                 # 2.94: the scheduler picks
+    nova.conn.compute.evacuate_server(stopped, host=target)   # 2.94, to a named host
+    active = evacuated(nova, active.id, source)
+    stopped = evacuated(nova, stopped.id, source)
+    assert active.status == "ACTIVE" and active.compute_host in (other, target)
+    assert (stopped.status, stopped.compute_host) == ("SHUTOFF", target)
+    # one action per accepted evacuation; the refused ones left none
+    assert actions(nova, active.id) == ["evacuate", "create"]
+    assert actions(nova, stopped.id) == ["evacuate", "stop", "create"]
+    nova.poll(lambda: migrations_of(nova, stopped.id) == [(source, target, "done")],
+              nova.deadlines.transition, "the evacuation's migration done")
+
+    # the host may not be forced up while its nova-compute has not cleaned up the
+    # evacuated instances (migrations still done, not completed)
+    with pytest.raises(osexc.BadRequestException, match=f"Unable to force up host {source}"):
+        nova.conn.compute.update_service_forced_down(nova.service(source), forced=False)
+    nova.start_compute(source)
+    nova.poll(lambda: migrations_of(nova, stopped.id) == [(source, target, "completed")],
+              nova.deadlines.compute_start, "the restarted compute to complete the migration")
+    service = nova.unset_forced_down(source)
+    assert service.is_forced_down is False
+    service = nova.wait_service(source, "up")
+    assert (service.status, service.disabled_reason) == ("disabled", REASON)
+    # the evacuated servers stay where they went
+    assert nova.conn.compute.get_server(active.id).compute_host == active.compute_host
+    assert nova.conn.compute.get_server(stopped.id).compute_host == target
+
+
+def test_a_dead_compute_turns_down_by_itself_and_the_sdk_default_evacuation_ends_shutoff(nova):
+    source = nova.hosts[1]
+    server = nova.boot_on(source)
+    nova.stop_compute(source)
+    service = nova.wait_service(source, "down")
+    assert service.is_forced_down is False
+    # openstacksdk's own choice (the highest common microversion, 2.95+) stops the server
+    default = nova.connect()
+    assert default.compute.get_endpoint_data().max_microversion >= (2, 95)
+    default.compute.evacuate_server(server)
+    default.close()
+    server = evacuated(nova, server.id, source)
+    assert server.status == "SHUTOFF"
+    assert actions(nova, server.id) == ["evacuate", "create"]
+    nova.start_compute(source)
+    nova.wait_service(source, "up")
+    assert nova.conn.compute.get_server(server.id).compute_host == server.compute_host
