@@ -35,7 +35,9 @@ def test_evacuation_refused_while_up_accepted_after_force_down_and_the_host_come
     source, other, target = nova.hosts
     active = nova.boot_on(source)
     stopped = nova.boot_on(source)
+    errored = nova.boot_on(source)
     nova.conn.compute.stop_server(stopped)
+    nova.conn.compute.reset_server_state(errored, "error")
     nova.wait_status(stopped.id, "SHUTOFF")
 
     still_in_use = f"Compute service of {source} is still in use."
@@ -65,13 +67,18 @@ def test_evacuation_refused_while_up_accepted_after_force_down_and_the_host_come
 
     nova.conn.compute.evacuate_server(active)                 # 2.94: the scheduler picks
     nova.conn.compute.evacuate_server(stopped, host=target)   # 2.94, to a named host
+    nova.conn.compute.evacuate_server(errored)
     active = evacuated(nova, active.id, source)
     stopped = evacuated(nova, stopped.id, source)
+    errored = evacuated(nova, errored.id, source)
+    # at 2.94 each comes back as it was, except an error one, rebuilt ACTIVE
     assert active.status == "ACTIVE" and active.compute_host in (other, target)
     assert (stopped.status, stopped.compute_host) == ("SHUTOFF", target)
+    assert errored.status == "ACTIVE" and errored.compute_host in (other, target)
     # one action per accepted evacuation; the refused ones left none
     assert actions(nova, active.id) == ["evacuate", "create"]
     assert actions(nova, stopped.id) == ["evacuate", "stop", "create"]
+    assert actions(nova, errored.id) == ["evacuate", "resetState", "create"]
     nova.poll(lambda: migrations_of(nova, stopped.id) == [(source, target, "done")],
               nova.deadlines.transition, "the evacuation's migration done")
 

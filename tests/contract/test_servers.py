@@ -23,6 +23,10 @@ def test_servers_listed_by_host_across_projects(nova):
     assert {s.compute_host for s in on_host.values()} == {host}
     assert on_host[mine.id].metadata == {HA_KEY: "True"}
     assert on_host[theirs.id].project_id == theirs.project_id != mine.project_id
+    # one server a page: openstacksdk follows Nova's servers_links to the end
+    paged = [s.id for s in nova.conn.compute.servers(details=True, all_projects=True,
+                                                     compute_host=host, limit=1)]
+    assert sorted(paged) == sorted(on_host)
     # without all_projects an admin sees its own project's servers only
     own = {s.id for s in nova.conn.compute.servers(details=True, compute_host=host)}
     assert mine.id in own and theirs.id not in own
