@@ -87,23 +87,25 @@ class RealNova:
                                        stderr=subprocess.STDOUT, env=env,
                                        start_new_session=True)
         deadline = time.monotonic() + timeout
-        while True:
-            record = _read_record(directory, missing_ok=True)
-            if record and record.get("ready"):
-                return cls(directory, record, process)
-            if process.poll() is not None:
-                raise RealNovaError(f"the real Nova lab did not start (exit "
-                                    f"{process.returncode}); see {log_file}:\n"
-                                    f"{_tail(log_file)}")
-            if time.monotonic() >= deadline:
-                handle = cls(directory, record, process) if record and "url" in record else None
-                if handle is not None:
-                    handle.stop(keep_logs=True)
-                else:
-                    process.kill()
-                raise RealNovaError(f"the real Nova lab was not READY within {timeout:g} s; "
-                                    f"see {logs}")
-            time.sleep(0.2)
+        try:
+            while True:
+                record = _read_record(directory, missing_ok=True)
+                if record and record.get("ready"):
+                    return cls(directory, record, process)
+                if process.poll() is not None:
+                    raise RealNovaError(f"the real Nova lab did not start (exit "
+                                        f"{process.returncode}); see {log_file}:\n"
+                                        f"{_tail(log_file)}")
+                if time.monotonic() >= deadline:
+                    raise RealNovaError(f"the real Nova lab was not READY within {timeout:g} "
+                                        f"s; see {logs}")
+                time.sleep(0.2)
+        except BaseException:
+            # Not READY: on SIGTERM it ends what it started and keeps its logs.
+            _stop(directory, _read_record(directory, missing_ok=True) or {"pid": process.pid},
+                  STOP_TIMEOUT, keep_logs=True)
+            process.wait()
+            raise
 
     @classmethod
     def attach(cls, directory: Path | str) -> RealNova:
@@ -113,19 +115,11 @@ class RealNova:
             raise RealNovaError(f"the real Nova lab in {directory} is not READY yet")
         return cls(Path(directory), record)
 
-    def stop(self, timeout: float = STOP_TIMEOUT, keep_logs: bool = False) -> float:
-        """End everything the lab started and remove its data, record and clouds.yaml
-        (``keep_logs``: leave ``DIR/realnova/logs``). The supervisor does it on SIGTERM; if
-        it is gone or does not finish, this ends the recorded daemons itself. Seconds it
-        took."""
+    def stop(self, timeout: float = STOP_TIMEOUT) -> float:
+        """End everything the lab started and remove its data (logs included), record and
+        clouds.yaml. Seconds it took."""
         began = time.monotonic()
-        supervisor = records.alive(self.record)
-        if supervisor is not None:
-            supervisor.send_signal(signal.SIGTERM)
-            try:
-                supervisor.wait(timeout)
-            except psutil.TimeoutExpired:
-                supervisor.kill()
+        _stop(self.dir, self.record, timeout, keep_logs=False)
         if self._process is not None:
             try:
                 self._process.wait(timeout)
@@ -133,11 +127,6 @@ class RealNova:
                 self._process.kill()
                 self._process.wait()
             self._process = None
-        record = _read_record(self.dir, missing_ok=True) or self.record
-        daemons.end_sessions(list(record.get("daemons", {}).values()))
-        remove_data(self.dir / DATA_DIR, keep={"logs"} if keep_logs else None)
-        (self.dir / RECORD_FILE).unlink(missing_ok=True)
-        (self.dir / CLOUDS_FILE).unlink(missing_ok=True)
         return time.monotonic() - began
 
     def processes(self) -> list[psutil.Process]:
@@ -301,6 +290,43 @@ class RealNova:
             if time.monotonic() >= deadline:
                 raise RealNovaError(f"timed out after {timeout:g} s waiting for {what}")
             time.sleep(period)
+
+
+def stop_lab(directory: Path | str, timeout: float = STOP_TIMEOUT) -> bool:
+    """Stop the real Nova lab recorded in ``directory``, READY or not, from any process, and
+    remove its data. False if none was recorded there."""
+    directory = Path(directory).resolve()
+    record = _read_record(directory, missing_ok=True)
+    if record is None:
+        remove_data(directory / DATA_DIR)
+        return False
+    _stop(directory, record, timeout, keep_logs=False)
+    return True
+
+
+def _stop(directory: Path, record: dict[str, Any], timeout: float, keep_logs: bool) -> None:
+    """SIGTERM the supervisor, which ends every daemon and removes the data; then make sure
+    of it from the record (the supervisor may be dead or too slow)."""
+    supervisor = records.alive(record) if "created" in record else _pid(record["pid"])
+    if supervisor is not None:
+        supervisor.send_signal(signal.SIGTERM)
+        try:
+            supervisor.wait(timeout)
+        except psutil.TimeoutExpired:
+            supervisor.kill()
+    latest = _read_record(directory, missing_ok=True) or record
+    daemons.end_sessions(list(latest.get("daemons", {}).values()))
+    remove_data(directory / DATA_DIR, keep={"logs"} if keep_logs else None)
+    (directory / RECORD_FILE).unlink(missing_ok=True)
+    (directory / CLOUDS_FILE).unlink(missing_ok=True)
+
+
+def _pid(pid: int) -> psutil.Process | None:
+    """Our own child that has not written its record yet."""
+    try:
+        return psutil.Process(pid)
+    except psutil.Error:
+        return None
 
 
 def _read_record(directory: Path, missing_ok: bool = False) -> dict[str, Any] | None:
