@@ -170,7 +170,8 @@ class Lab:
            config_extra: dict[str, dict[str, Any]] | None = None,
            env: dict[str, str] | None = None, picker: PortPicker | None = None,
            netns: bool = False, libvirt: bool = False, nova: bool = False,
-           instances: int = 0, nova_timings: Any = None, bmc: bool = False) -> Lab:
+           instances: int = 0, nova_timings: Any = None, bmc: bool = False,
+           eligible: bool = True, failure_domains: dict[str, str] | None = None) -> Lab:
         """Start ``nodes`` agents (the first ``voters`` vote), wait until all are ready,
         register segment ``lab`` and one host per agent. Raises LabError (after stopping what
         it started) if the agents are not ready within ``timeout`` seconds.
@@ -185,7 +186,9 @@ class Lab:
         ``Timings`` (default: close to real Nova's). ``bmc``: ``DIR/bmc.toml`` names each
         host's power switch as its fence driver (``driver = "lab"``), in every config's
         ``fencing.bmc_inventory``: the leader powers a dead host off through it and needs no
-        lease expiry (docs/fence-drivers.md).
+        lease expiry (docs/fence-drivers.md). ``eligible``: every non-voter may be promoted
+        (its own Raft and forward address; docs/voters.md); False: plain non-voters without
+        the Raft secret. ``failure_domains``: a ``voters.failure_domain`` label per node name.
         """
         voters = configs.default_voters(nodes) if voters is None else voters
         configs.check_sizes(nodes, voters)
@@ -211,13 +214,17 @@ class Lab:
                 if network:
                     ports: list[int] = []
                     plans = configs.plan_netns_nodes(lab_dir, nodes, voters,
-                                                     [link.address for link in network.nodes])
+                                                     [link.address for link in network.nodes],
+                                                     eligible=eligible,
+                                                     failure_domains=failure_domains)
                 else:
-                    ports = picker.pick(2 * voters + 2 * nodes)
-                    plans = configs.plan_nodes(lab_dir, nodes, voters, ports[:voters],
-                                               ports[2 * voters:2 * voters + nodes],
-                                               forward_ports=ports[voters:2 * voters],
-                                               gossip_ports=ports[2 * voters + nodes:])
+                    ports = picker.pick(4 * nodes)
+                    plans = configs.plan_nodes(lab_dir, nodes, voters, ports[:nodes],
+                                               ports[2 * nodes:3 * nodes],
+                                               forward_ports=ports[nodes:2 * nodes],
+                                               gossip_ports=ports[3 * nodes:],
+                                               eligible=eligible,
+                                               failure_domains=failure_domains)
                 configs.write_node_files(plans, secret, config_extra, libvirt=libvirt,
                                          nova=nova, bmc=bmc)
                 lab = cls(lab_dir, [LabNode.from_plan(p, network, libvirt) for p in plans])

@@ -3,10 +3,12 @@
 Per node ``DIR/<name>/``: ``hagent.toml``, ``node.key`` (its CURVE key pair, mode 0600),
 ``state/`` (Raft journal, spool), ``run/`` (admin socket), ``agent.log`` and, in a lab with
 libvirt, ``libvirt/`` (its host's test-driver libvirtd: ``hagent/lab/libvirtd.py``); one shared
-``DIR/cluster.secret`` (mode 0600) that only the voters' configs name. The first ``voters``
-nodes are Raft voters, each with a forward endpoint; the others are
-non-voters that keep no Raft state and forward to the voters (every node's public key is in
-``security.allowed_keys``, the voters' in ``security.voter_keys``). Every file is a
+``DIR/cluster.secret`` (mode 0600). The first ``voters`` nodes are the bootstrap Raft voters;
+the others are non-voters that keep no Raft state and forward to the voters (every node's
+public key is in ``security.allowed_keys``, the voters' in ``security.voter_keys``). Every
+node is eligible for promotion by default (a Raft and a forward address of its own, the
+secret; docs/voters.md), so the leader can replace a dead voter; ``eligible=False`` leaves
+the non-voters plain (no Raft address, no secret). Every file is a
 plain agent config: `hagent check-config DIR/node1/hagent.toml` accepts it and an operator can
 read it to learn what a real deployment looks like.
 
@@ -46,13 +48,14 @@ class NodePlan:
 
     name: str
     dir: Path
-    raft_address: str   # host:port (a voter's bind; a replica's is only informative, unused)
+    raft_address: str   # host:port bound while it votes; "" on a node never promoted
     status_bind: str    # host:port of the HTTP status endpoint
     admin_socket: Path
-    voter: bool
-    forward_address: str = ""  # host:port of a voter's forward endpoint; "" on a non-voter
+    voter: bool         # a bootstrap voter (the committed voter set may differ later)
+    forward_address: str = ""  # host:port served while it votes; "" on a node never promoted
     host: str = "127.0.0.1"    # the address every endpoint of this node binds
     gossip_address: str = ""   # host:port of its gossip socket (failure detection)
+    failure_domain: str = ""   # its voters.failure_domain label ("" none)
 
     @property
     def key_file(self) -> Path:
@@ -137,19 +140,24 @@ def power_socket_path(lab_dir: Path, name: str) -> Path:
 def plan_nodes(lab_dir: Path, nodes: int, voters: int, raft_ports: list[int],
                status_ports: list[int], host: str = "127.0.0.1", *,
                forward_ports: list[int], gossip_ports: list[int],
-               hosts: list[str] | None = None) -> list[NodePlan]:
+               hosts: list[str] | None = None, eligible: bool = True,
+               failure_domains: dict[str, str] | None = None) -> list[NodePlan]:
     """The layout of an ``nodes``-agent lab whose first ``voters`` agents vote.
 
-    ``raft_ports`` and ``forward_ports`` have one port per voter, ``status_ports`` and
-    ``gossip_ports`` one per node. Every node binds ``host``, or its own entry of ``hosts``
-    (one per node) when given.
+    Every port list has one port per node (a non-voter's Raft and forward ports are used once
+    it is promoted; without ``eligible`` they stay unused). Every node binds ``host``, or its
+    own entry of ``hosts`` (one per node) when given. ``failure_domains`` labels nodes by name.
     """
     check_sizes(nodes, voters)
-    if (len(raft_ports) != voters or len(forward_ports) != voters or len(status_ports) != nodes
-            or len(gossip_ports) != nodes):
-        raise ValueError(f"need {voters} raft ports, {voters} forward ports and {nodes} status "
-                         f"and gossip ports, got {len(raft_ports)}, {len(forward_ports)}, "
-                         f"{len(status_ports)} and {len(gossip_ports)}")
+    if any(len(ports) != nodes for ports in (raft_ports, forward_ports, status_ports,
+                                              gossip_ports)):
+        raise ValueError(f"need {nodes} raft, forward, status and gossip ports each, got "
+                         f"{len(raft_ports)}, {len(forward_ports)}, {len(status_ports)} and "
+                         f"{len(gossip_ports)}")
+    domains = dict(failure_domains or {})
+    unknown = sorted(set(domains) - {node_name(i + 1) for i in range(nodes)})
+    if unknown:
+        raise ValueError(f"failure_domains names nodes the lab does not have: {', '.join(unknown)}")
     if hosts is not None and len(hosts) != nodes:
         raise ValueError(f"need {nodes} hosts, got {len(hosts)}")
     lab_dir = Path(lab_dir).resolve()
@@ -157,23 +165,27 @@ def plan_nodes(lab_dir: Path, nodes: int, voters: int, raft_ports: list[int],
     for i in range(nodes):
         name = node_name(i + 1)
         voter = i < voters
+        may_vote = voter or eligible
         h = hosts[i] if hosts is not None else host
         plans.append(NodePlan(
             name=name, dir=lab_dir / name,
-            raft_address=f"{h}:{raft_ports[i]}" if voter else "",
+            raft_address=f"{h}:{raft_ports[i]}" if may_vote else "",
             status_bind=f"{h}:{status_ports[i]}",
             admin_socket=admin_socket_path(lab_dir, name), voter=voter,
-            forward_address=f"{h}:{forward_ports[i]}" if voter else "", host=h,
-            gossip_address=f"{h}:{gossip_ports[i]}"))
+            forward_address=f"{h}:{forward_ports[i]}" if may_vote else "", host=h,
+            gossip_address=f"{h}:{gossip_ports[i]}", failure_domain=domains.get(name, "")))
     return plans
 
 
-def plan_netns_nodes(lab_dir: Path, nodes: int, voters: int, hosts: list[str]) -> list[NodePlan]:
+def plan_netns_nodes(lab_dir: Path, nodes: int, voters: int, hosts: list[str], *,
+                     eligible: bool = True,
+                     failure_domains: dict[str, str] | None = None) -> list[NodePlan]:
     """The layout of a netns lab: node ``i`` binds ``hosts[i]`` on ``DEPLOYMENT_PORTS``."""
-    return plan_nodes(lab_dir, nodes, voters, [DEPLOYMENT_PORTS["raft"]] * voters,
+    return plan_nodes(lab_dir, nodes, voters, [DEPLOYMENT_PORTS["raft"]] * nodes,
                       [DEPLOYMENT_PORTS["status"]] * nodes,
-                      forward_ports=[DEPLOYMENT_PORTS["forward"]] * voters,
-                      gossip_ports=[DEPLOYMENT_PORTS["gossip"]] * nodes, hosts=hosts)
+                      forward_ports=[DEPLOYMENT_PORTS["forward"]] * nodes,
+                      gossip_ports=[DEPLOYMENT_PORTS["gossip"]] * nodes, hosts=hosts,
+                      eligible=eligible, failure_domains=failure_domains)
 
 
 def check_sizes(nodes: int, voters: int) -> None:
@@ -200,18 +212,21 @@ def node_config(plan: NodePlan, voter_addresses: list[str], secret: Path,
     ``public_keys`` maps every node's name to its Z85 public key (every node's allow-list
     holds them all: gossip runs between all nodes); ``voter_keys`` are the voters' keys in
     ``voter_addresses`` order, and the voters' gossip addresses (``gossip_seeds``, same order)
-    are every node's seeds. Only a voter's config names the Raft secret. ``libvirt``: the
+    are every node's seeds. Every node that may vote (a Raft address) names the Raft secret
+    and its own forward endpoint (``forward.bind``). ``libvirt``: the
     instance monitor watches the node's own simulated hypervisor (``plan.libvirt_uri``).
     ``bmc_inventory``: the lab's BMC inventory (``write_bmc_inventory``), so the leader
     powers a dead host off through its switch instead of waiting for its lease.
     """
     raft: dict[str, Any] = {"voters": list(voter_addresses)}
-    if plan.voter:
+    forward: dict[str, Any] = {"endpoints": list(forward_endpoints)}
+    if plan.raft_address:
         raft.update(secret_file=str(secret), bind=plan.raft_address)
+        forward["bind"] = plan.forward_address
     doc: dict[str, dict[str, Any]] = {
         "node": {"name": plan.name, "state_dir": str(plan.state_dir), "run_dir": str(plan.run_dir)},
         "raft": raft,
-        "forward": {"endpoints": list(forward_endpoints)},
+        "forward": forward,
         "security": {"key_file": str(plan.key_file),
                      "allowed_keys": [public_keys[n] for n in sorted(public_keys)],
                      "voter_keys": list(voter_keys)},
@@ -225,6 +240,8 @@ def node_config(plan: NodePlan, voter_addresses: list[str], secret: Path,
     }
     if bmc_inventory is not None:
         doc["fencing"]["bmc_inventory"] = str(bmc_inventory)
+    if plan.failure_domain:
+        doc["voters"] = {"failure_domain": plan.failure_domain}
     if libvirt:
         doc["monitors"] = {"instance_enabled": True, "libvirt_uri": plan.libvirt_uri}
     # With the lab's Nova simulator, the leader recovers through it (the clouds.yaml the

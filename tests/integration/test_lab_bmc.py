@@ -115,7 +115,8 @@ def test_the_spec_takes_a_socket_and_no_bmc_credentials(tmp_path):
 
 
 def test_the_inventory_the_lab_writes_loads(tmp_path):
-    plans = configs.plan_nodes(tmp_path, 2, 1, [7001], [7002, 7003], forward_ports=[7004],
+    plans = configs.plan_nodes(tmp_path, 2, 1, [7001, 7007], [7002, 7003],
+                               forward_ports=[7004, 7008],
                                gossip_ports=[7005, 7006])
     path = configs.write_bmc_inventory(tmp_path, plans)
     drivers = load_fence_inventory(path)

@@ -56,7 +56,8 @@ def ready(lab: Lab, name: str) -> bool:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory) -> Lab:
-    lab = Lab.up(tmp_path_factory.mktemp("nv") / "lab", nodes=5, voters=3)
+    # Plain non-voters (never promoted): this file is about what they hold and do.
+    lab = Lab.up(tmp_path_factory.mktemp("nv") / "lab", nodes=5, voters=3, eligible=False)
     yield lab
     lab.down()
 

@@ -19,11 +19,11 @@ from hagent.lab.cluster import LAB_FILE, STOPPED, Lab, LabError, LabNode
 from hagent.lab.ports import PortPicker, ephemeral_range
 
 
-def plans(tmp_path: Path, nodes: int = 5, voters: int = 3) -> list[configs.NodePlan]:
-    return configs.plan_nodes(tmp_path, nodes, voters, list(range(21000, 21000 + voters)),
+def plans(tmp_path: Path, nodes: int = 5, voters: int = 3, **kw) -> list[configs.NodePlan]:
+    return configs.plan_nodes(tmp_path, nodes, voters, list(range(21000, 21000 + nodes)),
                               list(range(22000, 22000 + nodes)),
-                              forward_ports=list(range(23000, 23000 + voters)),
-                              gossip_ports=list(range(24000, 24000 + nodes)))
+                              forward_ports=list(range(23000, 23000 + nodes)),
+                              gossip_ports=list(range(24000, 24000 + nodes)), **kw)
 
 
 def test_written_configs_load_as_voters_and_replicas(tmp_path: Path) -> None:
@@ -43,9 +43,13 @@ def test_written_configs_load_as_voters_and_replicas(tmp_path: Path) -> None:
         assert list(c.forward.endpoints) == ["127.0.0.1:23000", "127.0.0.1:23001", "127.0.0.1:23002"]
         assert list(c.security.voter_keys) == keys[:3]
         assert c.security.key_file == p.key_file and oct(p.key_file.stat().st_mode & 0o777) == "0o600"
-        # Only voters hold the Raft secret; every node admits every key (gossip is all-to-all)
-        # and seeds from the voters' gossip sockets.
-        assert (c.raft.secret_file == secret) == c.is_voter
+        # Every node may be promoted: it holds the Raft secret and has its own Raft and
+        # forward addresses. Every node admits every key (gossip is all-to-all) and seeds
+        # from the voters' gossip sockets.
+        assert c.raft.secret_file == secret and c.eligible
+        n = int(p.name[4:]) - 1
+        assert c.raft.bind == f"127.0.0.1:{21000 + n}"
+        assert c.own_forward_endpoint == f"127.0.0.1:{23000 + n}"
         assert sorted(c.security.allowed_keys) == sorted(keys)
         assert c.gossip.bind == f"127.0.0.1:{24000 + int(p.name[4:]) - 1}"
         assert list(c.gossip.seeds) == ["127.0.0.1:24000", "127.0.0.1:24001", "127.0.0.1:24002"]
@@ -56,7 +60,19 @@ def test_written_configs_load_as_voters_and_replicas(tmp_path: Path) -> None:
         assert c.status.bind == f"127.0.0.1:{22000 + int(p.name[4:]) - 1}"
         assert c.notifications.submit_timeout == 2.5 and c.logging.level == "DEBUG"
         assert p.state_dir.is_dir() and p.run_dir.is_dir()
-    assert loaded[0].raft.bind == "127.0.0.1:21000" and loaded[4].raft.bind == ""
+    assert loaded[0].raft.bind == "127.0.0.1:21000" and loaded[4].raft.bind == "127.0.0.1:21004"
+
+
+def test_plain_non_voters_hold_no_secret_and_failure_domains_are_written(tmp_path: Path) -> None:
+    secret = tmp_path / configs.SECRET_FILE
+    ps = plans(tmp_path, eligible=False, failure_domains={"node1": "rack-a", "node4": "rack-b"})
+    configs.write_node_files(ps, secret)
+    loaded = [loads_config(p.config.read_text(), base_dir=p.dir) for p in ps]
+    assert [c.eligible for c in loaded] == [True, True, True, False, False]
+    assert [c.raft.secret_file == secret for c in loaded] == [True, True, True, False, False]
+    assert [c.voters.failure_domain for c in loaded] == ["rack-a", "", "", "rack-b", ""]
+    with pytest.raises(ValueError, match="nodes the lab does not have: node9"):
+        plans(tmp_path, failure_domains={"node9": "x"})
 
 
 def test_render_toml_round_trips_and_escapes(tmp_path: Path) -> None:

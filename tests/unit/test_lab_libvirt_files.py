@@ -11,8 +11,9 @@ from hagent.lab import configs, libvirtd
 
 
 def plans(lab_dir: Path) -> list[configs.NodePlan]:
-    return configs.plan_nodes(lab_dir, 4, 3, [21000, 21001, 21002], [22000, 22001, 22002, 22003],
-                              forward_ports=[23000, 23001, 23002],
+    return configs.plan_nodes(lab_dir, 4, 3, [21000, 21001, 21002, 21003],
+                              [22000, 22001, 22002, 22003],
+                              forward_ports=[23000, 23001, 23002, 23003],
                               gossip_ports=[24000, 24001, 24002, 24003])
 
 

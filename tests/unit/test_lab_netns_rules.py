@@ -68,9 +68,12 @@ def test_netns_plan_binds_each_node_address_on_deployment_ports(tmp_path: Path) 
         assert config.status.bind == f"{host}:{configs.DEPLOYMENT_PORTS['status']}"
         assert list(config.forward.endpoints) == [f"{h}:{configs.DEPLOYMENT_PORTS['forward']}"
                                                   for h in hosts[:3]]
-    assert [c.raft.bind for c in loaded] == voters + ["", ""]
+    # Every node may be promoted: each binds its own address on the deployment ports.
+    assert [c.raft.bind for c in loaded] == [f"{h}:{configs.DEPLOYMENT_PORTS['raft']}"
+                                             for h in hosts]
     with pytest.raises(ValueError, match="need 5 hosts"):
-        configs.plan_nodes(tmp_path, 5, 3, [1, 2, 3], [4, 5, 6, 7, 8], forward_ports=[9, 10, 11],
+        configs.plan_nodes(tmp_path, 5, 3, [1, 2, 3, 17, 18], [4, 5, 6, 7, 8],
+                           forward_ports=[9, 10, 11, 19, 20],
                            gossip_ports=[12, 13, 14, 15, 16], hosts=hosts[:4])
 
 
