@@ -18,6 +18,10 @@ format 1 snapshot reads as one without incidents (it predates them).
 Format 3 (written now) adds ``"recovery_claim"`` (the RecoveryClaim's fields, or null) and,
 per notification, ``attempts`` and ``steps`` (each the RecoveryStep's fields by name). Older
 formats read as no claim, and notifications with no attempts and no steps.
+
+Format 4 (written now) adds ``"voters"``: the voter set (``VoterSet.dump()``: voter addresses,
+registrations, the change in flight, the last change, the term of the last change). Older
+formats read as a voter set not bootstrapped yet: the first leader writes it again.
 """
 from __future__ import annotations
 
@@ -27,8 +31,9 @@ from typing import Any, Iterable
 from consensus.model import (
     Host, Incident, Lease, Notification, RecoveryClaim, RecoveryStep, Segment, VMove,
 )
+from consensus.voterset import VoterSet
 
-FORMAT = 3
+FORMAT = 4
 
 _SEGMENT = ("uuid", "name", "description", "recovery_method", "service_type", "enabled",
             "created_at", "updated_at")
@@ -57,7 +62,8 @@ def _fields(obj: Any, names: tuple[str, ...]) -> dict[str, Any]:
 
 def dump(segments: Iterable[Segment], hosts: Iterable[Host],
          notifications: Iterable[Notification], leases: Iterable[Lease],
-         incidents: Iterable[Incident], claim: RecoveryClaim | None) -> dict[str, Any]:
+         incidents: Iterable[Incident], claim: RecoveryClaim | None,
+         voters: dict[str, Any]) -> dict[str, Any]:
     """Copies of every record; nothing in the result is shared with the live state."""
     out_notifications = []
     for n in notifications:
@@ -76,11 +82,12 @@ def dump(segments: Iterable[Segment], hosts: Iterable[Host],
         "incidents": [_fields(i, _INCIDENT) for i in sorted(
             incidents, key=lambda i: (i.hostname, not i.is_open))],
         "recovery_claim": None if claim is None else _fields(claim, _CLAIM),
+        "voters": voters,
     }
 
 
 def load(data: Any) -> tuple[list[Segment], list[Host], list[Notification], list[Lease],
-                             list[Incident], RecoveryClaim | None]:
+                             list[Incident], RecoveryClaim | None, VoterSet]:
     """Records from a snapshot document; raises SnapshotFormatError when it can't."""
     if not isinstance(data, dict) or not isinstance(data.get("format"), int):
         raise SnapshotFormatError("not an hagent snapshot: no integer 'format' field")
@@ -111,7 +118,8 @@ def load(data: Any) -> tuple[list[Segment], list[Host], list[Notification], list
                      for i in (data["incidents"] if version >= 2 else [])]
         raw_claim = data["recovery_claim"] if version >= 3 else None
         claim = None if raw_claim is None else RecoveryClaim(**{k: raw_claim[k] for k in _CLAIM})
+        voters = VoterSet.load(data["voters"]) if version >= 4 else VoterSet()
     except (KeyError, TypeError, ValueError) as exc:
         raise SnapshotFormatError(f"snapshot format {version} is malformed: "
                                   f"{type(exc).__name__}: {exc}") from None
-    return segments, hosts, notifications, leases, incidents, claim
+    return segments, hosts, notifications, leases, incidents, claim, voters

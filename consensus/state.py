@@ -1,5 +1,6 @@
 """The replicated state machine: Masakari's segments, hosts and notifications, plus leases,
-host incidents and the recovery engine's claims, intents and results (docs/recovery.md).
+host incidents, the recovery engine's claims, intents and results (docs/recovery.md) and the
+voter set (``voters.*``, consensus/voterset.py).
 
 `ClusterState.apply` is the only way to change the state. Each committed log entry is one
 command dict; every replica applies the same commands in the same order and must reach the
@@ -29,6 +30,7 @@ from consensus.queries import (
     QueryError, bool_filter, check_filters, select, since_filter, status_filter,
 )
 from consensus.validate import CommandError
+from consensus.voterset import VoterSet
 
 Result = dict[str, Any]
 _Handler = Callable[["ClusterState", dict[str, Any], float], Any]
@@ -92,6 +94,8 @@ class ClusterState:
         self._next_ordinal = 0
         # The highest term whose leader claimed recovery (None: no engine ever ran).
         self._claim: RecoveryClaim | None = None
+        # Who votes, who may be promoted, the change in flight (docs/raft.md, membership).
+        self._voters = VoterSet()
 
     # ------------------------------------------------------------------ applying commands
 
@@ -461,6 +465,37 @@ class ClusterState:
         item.ended_at = v.iso_from_epoch(at)
         notification.updated_at = item.ended_at
         return item.record()
+
+    @_command("voters.register")
+    def _voters_register(self, cmd: dict[str, Any], at: float) -> dict[str, Any]:
+        """An eligible node records its Raft and forward addresses, key and failure domain
+        (idempotent; consensus/voterset.py)."""
+        return self._voters.register(cmd, at)
+
+    @_command("voters.bootstrap")
+    def _voters_bootstrap(self, cmd: dict[str, Any], at: float) -> dict[str, Any]:
+        """The first leader writes the voter set it runs with; later ones change nothing."""
+        return self._voters.bootstrap(cmd, at)
+
+    @_command("voters.change")
+    def _voters_change(self, cmd: dict[str, Any], at: float) -> dict[str, Any]:
+        """Start adding or removing one voter (``change``: add | remove)."""
+        return self._voters.start_change(cmd, at)
+
+    @_command("voters.progress")
+    def _voters_progress(self, cmd: dict[str, Any], at: float) -> dict[str, Any]:
+        """The add candidate's catch-up report."""
+        return self._voters.progress(cmd, at)
+
+    @_command("voters.commit")
+    def _voters_commit(self, cmd: dict[str, Any], at: float) -> dict[str, Any]:
+        """The change is done in Raft: the voter set follows."""
+        return self._voters.commit(cmd, at)
+
+    @_command("voters.abort")
+    def _voters_abort(self, cmd: dict[str, Any], at: float) -> dict[str, Any]:
+        """The change is given up; the voter set is unchanged."""
+        return self._voters.abort(cmd, at)
 
     @_command("lease.renew")
     def _lease_renew(self, cmd: dict[str, Any], at: float) -> dict[str, Any]:
@@ -853,6 +888,14 @@ class ClusterState:
         """The highest recovery claim ({term, node, claimed_at}), or None."""
         return None if self._claim is None else self._claim.record()
 
+    def voters(self) -> dict[str, Any]:
+        """The voter set: ``voters`` (each {node or None, raft_address, forward_address,
+        public_key, failure_domain}), ``registry`` (node -> registration), ``change`` (the one
+        in flight or None: {op, node, address, phase, term, started_at, auto, progress}),
+        ``last_change`` (None or {op, node, address, result, reason, term, at, auto}),
+        ``bootstrapped`` and ``term`` (of the last change). See consensus/voterset.py."""
+        return self._voters.view()
+
     # ------------------------------------------------------------------ snapshots
 
     def to_snapshot(self) -> dict[str, Any]:
@@ -860,15 +903,16 @@ class ClusterState:
         return snapshot.dump(self._segments.values(), self._hosts.values(),
                              self._notifications.values(), self._leases.values(),
                              [*self._incidents.values(), *self._closed_incidents.values()],
-                             self._claim)
+                             self._claim, self._voters.dump())
 
     @classmethod
     def from_snapshot(cls, data: Any, duplicate_interval: float = 180.0) -> ClusterState:
         """Rebuild a state from `to_snapshot`'s output; raises snapshot.SnapshotFormatError
         for a snapshot this version can't read."""
-        segments, hosts, notifications, leases, incidents, claim = snapshot.load(data)
+        segments, hosts, notifications, leases, incidents, claim, voters = snapshot.load(data)
         state = cls(duplicate_interval)
         state._claim = claim
+        state._voters = voters
         for segment in segments:
             state._segments[segment.uuid] = segment
             state._segment_names[segment.name] = segment.uuid

@@ -183,3 +183,17 @@ def sequence_number(value: Any, arg: str) -> int:
         raise CommandError(f"argument {arg!r} must be an integer from 0 to 2**63-1 "
                            f"(got {show(value)})")
     return value
+
+
+def address(value: Any, arg: str) -> str:
+    """A ``host:port`` address as pysyncobj names nodes (``TCPNode``: split at the last ':');
+    the host is 1-255 characters without whitespace, the port 1-65535. Kept as written:
+    pysyncobj compares node ids as strings, so one node has one spelling."""
+    if isinstance(value, str) and 3 <= len(value) <= 261 and ":" in value:
+        host, _, port = value.rpartition(":")
+        if (host and len(host) <= 255 and port.isdigit() and not port.startswith("0")
+                and 1 <= int(port) <= 65535
+                and all(_printable(c, False) for c in host)):
+            return value
+    raise CommandError(f"argument {arg!r} must be a host:port address with a port from 1 to "
+                       f"65535 (got {show(value)})")

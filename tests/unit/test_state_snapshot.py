@@ -39,7 +39,7 @@ def _busy_state() -> ClusterState:
 def test_round_trip_gives_an_equal_state_that_behaves_the_same():
     state = _busy_state()
     data = state.to_snapshot()
-    assert data["format"] == FORMAT == 3
+    assert data["format"] == FORMAT == 4
     restored = ClusterState.from_snapshot(msgpack.unpackb(msgpack.packb(data)))
     assert restored == state
     assert restored.counts_by_status() == state.counts_by_status()
@@ -95,7 +95,7 @@ def test_newer_format_is_refused_with_upgrade_advice():
     data["format"] = 7
     with pytest.raises(SnapshotFormatError) as err:
         ClusterState.from_snapshot(data)
-    assert str(err.value) == ("snapshot format 7 is newer than this hagent understands (3); "
+    assert str(err.value) == ("snapshot format 7 is newer than this hagent understands (4); "
                               "upgrade hagent")
 
 
@@ -131,6 +131,20 @@ def test_format_2_snapshot_reads_as_a_state_without_recovery_records():
     assert ok(restored, intent("a", "force_down", "n1", 1))["attempt"] == 0
 
 
+def test_format_3_snapshot_reads_as_a_state_without_a_voter_set():
+    """What an hagent without the voter set wrote still loads, not bootstrapped: the first
+    leader then writes the set it runs with."""
+    state = _busy_state()
+    data = state.to_snapshot()
+    del data["voters"]
+    data["format"] = 3
+    restored = ClusterState.from_snapshot(data)
+    assert restored.list_notifications() == state.list_notifications()
+    assert restored.voters()["bootstrapped"] is False
+    assert ok(restored, {"op": "voters.bootstrap", "at": AT,
+                         "voters": ["10.0.0.1:7170"]})["changed"] is True
+
+
 def test_incident_naming_a_missing_notification_is_refused():
     state = cluster()
     ok(state, host_down("d"))
@@ -156,6 +170,16 @@ def test_incident_naming_a_missing_notification_is_refused():
       "incidents": []}, "malformed"),
     ({"format": 3, "segments": [], "hosts": [], "notifications": [], "leases": [],
       "incidents": [], "recovery_claim": {"term": 1}}, "malformed"),
+    ({"format": 4, "segments": [], "hosts": [], "notifications": [], "leases": [],
+      "incidents": [], "recovery_claim": None}, "malformed"),
+    ({"format": 4, "segments": [], "hosts": [], "notifications": [], "leases": [],
+      "incidents": [], "recovery_claim": None,
+      "voters": {"voters": [], "registry": [{"node": "x"}], "change": None,
+                 "last_change": None, "term": 0}}, "malformed"),
+    ({"format": 4, "segments": [], "hosts": [], "notifications": [], "leases": [],
+      "incidents": [], "recovery_claim": None,
+      "voters": {"voters": [], "registry": [], "change": None, "last_change": None,
+                 "term": "1"}}, "malformed"),
 ])
 def test_malformed_snapshots_are_refused(data, fragment):
     with pytest.raises(SnapshotFormatError, match=fragment):
