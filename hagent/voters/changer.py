@@ -58,8 +58,9 @@ ACTION_TIMEOUT = 10.0
 #: How often a caller waiting for a change's outcome reads the log.
 OUTCOME_POLL = 0.2
 
-#: The field of the voters.* commands naming the change's kind ("add"/"remove"); ``op``
-#: names the command itself.
+#: The field of the voters.* commands naming the change's kind ("add"/"remove"): ``op``
+#: names the command itself. In the records the log keeps (``change``, ``last_change``) the
+#: kind is ``op`` (consensus/voterset.py).
 KIND = "change"
 ADD, REMOVE = "add", "remove"
 
@@ -100,6 +101,7 @@ class LeaderView:
     """What the leader knows at one step."""
 
     term: int
+    self_address: str                   # the leader's own Raft address
     voters: Mapping[str, Any]           # the ``voters`` query of the leader's state
     members: frozenset[str]             # pysyncobj's cluster as it stands (self included)
     reachable: frozenset[str]           # members this leader hears from (self included)
@@ -167,7 +169,7 @@ class ChangeDriver:
         if not change:
             self._progress = None
             return None
-        kind, node, address = change[KIND], change["node"], change["address"]
+        kind, node, address = change["op"], change["node"], change["address"]
         if change["term"] < v.term:
             return self._reconcile(v, kind, node, address)
         if kind == ADD:
@@ -181,8 +183,8 @@ class ChangeDriver:
                      "cluster; committing it", kind, node)
             return self._commit(v, kind, node)
         if kind == ADD:
-            return self._abort(node, f"the leader changed while {node} was catching up; "
-                                     f"start the add again")
+            return self._abort(v, node, f"the leader changed while {node} was catching up; "
+                                        f"start the add again")
         log.info("voter change: remove %s begun by an earlier leader; removing it again", node)
         return RemoveMember(address)
 
@@ -204,20 +206,23 @@ class ChangeDriver:
                 return AddMember(address)
         if v.wall - float(change["started_at"]) > self.catchup_timeout:
             how = "no catch-up report" if lag is None else f"last lag {lag} entries"
-            return self._abort(node, f"{node} did not catch up within "
-                                     f"{self.catchup_timeout:g} s ({how}; the most allowed is "
-                                     f"{self.max_catchup_lag})")
+            return self._abort(v, node, f"{node} did not catch up within "
+                                        f"{self.catchup_timeout:g} s ({how}; the most allowed "
+                                        f"is {self.max_catchup_lag})")
         return None
 
     def _remove(self, v: LeaderView, node: str, address: str) -> Action:
         if address not in v.members:
             return self._commit(v, REMOVE, node)
+        if address == v.self_address:
+            # pysyncobj ignores a leader removing itself: the change would never finish.
+            return self._abort(v, node, f"{node} is the leader; remove it from another leader")
         left = sorted(v.members - {address})
         heard = [m for m in left if m in v.reachable]
         if 2 * len(heard) <= len(left):
-            return self._abort(node, f"removing {node} would leave voters {', '.join(left)} of "
-                                     f"which only {len(heard)} answer the leader: no majority, "
-                                     f"the log would stop")
+            return self._abort(v, node, f"removing {node} would leave voters {', '.join(left)} "
+                                        f"of which only {len(heard)} answer the leader: no "
+                                        f"majority, the log would stop")
         return RemoveMember(address)
 
     @staticmethod
@@ -225,9 +230,17 @@ class ChangeDriver:
         return Propose({"op": "voters.commit", KIND: kind, "node": node, "term": v.term})
 
     @staticmethod
-    def _abort(node: str, reason: str) -> Propose:
+    def _abort(v: LeaderView, node: str, reason: str) -> Propose:
         log.warning("voter change: aborting the change of %s: %s", node, reason)
-        return Propose({"op": "voters.abort", "node": node, "reason": reason})
+        return Propose({"op": "voters.abort", "node": node, "reason": reason, "term": v.term})
+
+
+def _name_of(doc: Mapping[str, Any], address: str | None) -> str | None:
+    """The registered node name of Raft address ``address`` (None if unknown)."""
+    for name, record in (doc.get("registry") or {}).items():
+        if record.get("raft_address") == address:
+            return name
+    return None
 
 
 def _describe(action: Action) -> str:
@@ -292,10 +305,13 @@ class VoterChanger:
 
     async def _change(self, kind: str, node: str, auto: bool,
                       wait: float | None) -> dict[str, Any]:
-        command = {"op": "voters.change", KIND: kind, "node": node,
-                   "term": int(self._backend.raft.status()["term"])}
+        status = self._backend.raft.status()
+        command = {"op": "voters.change", KIND: kind, "node": node, "term": int(status["term"])}
         if auto:
             command["auto"] = True
+        leader = _name_of(self._backend.query("voters", {}), status.get("leader"))
+        if leader is not None:
+            command["leader"] = leader  # the log refuses to remove the leader itself
         answer = await self._backend.propose(command)
         if not answer.get("ok"):
             raise VoterChangeRefused(answer.get("error") or f"{kind} {node} refused")
@@ -341,7 +357,8 @@ class VoterChanger:
         members = frozenset(raft.cluster_members())
         reachable = frozenset(v["address"] for v in status.get("voters") or []
                               if v.get("reachable")) | {status.get("self_address")}
-        return LeaderView(term=int(status["term"]), voters=self._backend.query("voters", {}),
+        return LeaderView(term=int(status["term"]), self_address=status["self_address"],
+                          voters=self._backend.query("voters", {}),
                           members=members, reachable=reachable & members,
                           commit_index=int(status["commit_index"]), wall=self._wall(),
                           mono=self._mono())

@@ -15,14 +15,15 @@ T0 = 1_700_000_000.0
 
 def change(kind: str, node: str, address: str, term: int = 5, started_at: float = T0,
            progress: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {KIND: kind, "op": kind, "node": node, "address": address, "phase": "catching_up",
+    return {"op": kind, "node": node, "address": address, "phase": "catching_up",
             "term": term, "started_at": started_at, "progress": progress}
 
 
 def view(ch: dict[str, Any] | None = None, *, members=(A, B, C), reachable=None, term: int = 5,
          commit: int = 1000, wall: float = T0 + 1, mono: float = 100.0,
          bootstrapped: bool = True) -> LeaderView:
-    return LeaderView(term=term, voters={"bootstrapped": bootstrapped, "change": ch},
+    return LeaderView(term=term, self_address=A,
+                      voters={"bootstrapped": bootstrapped, "change": ch},
                       members=frozenset(members),
                       reachable=frozenset(members if reachable is None else reachable),
                       commit_index=commit, wall=wall, mono=mono)
@@ -108,6 +109,10 @@ def test_a_remove_keeps_a_reachable_majority_or_is_aborted():
     action = d.step(view(change(REMOVE, "node2", B), members=(A, B, C), reachable=(A, B)))
     assert action.command["op"] == "voters.abort"
     assert "only 1 answer the leader: no majority" in action.command["reason"]
+    assert action.command["term"] == 5  # a deposed leader's abort is refused by the log
+    # The leader itself: pysyncobj would ignore it, so it is aborted with the reason.
+    action = driver().step(view(change(REMOVE, "node1", A)))
+    assert "node1 is the leader" in action.command["reason"]
     # Removing the unreachable one itself is fine: both left answer.
     d = driver()
     assert d.step(view(change(REMOVE, "node3", C), members=(A, B, C), reachable=(A, B))) == \
