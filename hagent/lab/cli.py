@@ -54,8 +54,10 @@ def add_lab_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
                          "partition, loss and heal work")
     up.add_argument("--libvirt", action="store_true",
                     help="a test-driver libvirtd per host, watched by its agent's instance monitor")
-    up.add_argument("--nova", action="store_true",
-                    help="the Nova simulator, one compute host per agent; writes DIR/clouds.yaml")
+    up.add_argument("--nova", nargs="?", const="sim", default=False, choices=("sim", "real"),
+                    help="a Nova with one compute host per agent, writing DIR/clouds.yaml: the "
+                         "simulator (sim, the default) or a real Nova 34 (real, ~35 s to start, "
+                         "installs what it needs; docs/nova-real.md)")
     up.add_argument("--bmc", action="store_true",
                     help="a BMC stand-in per host (fence driver 'lab', DIR/bmc.toml): the leader "
                          "powers a dead host off without waiting for its lease")

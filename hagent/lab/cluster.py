@@ -43,6 +43,9 @@ import psutil
 from hagent.lab import configs, libvirtd, power
 from hagent.lab.nova import NovaSim
 from hagent.lab.nova.sim import NovaSimError
+from hagent.lab.realnova import RealNova, RealNovaError
+from hagent.lab.realnova.handle import stop_lab as stop_real_nova
+from hagent.lab.realnova.layout import RECORD_FILE as REALNOVA_RECORD
 from hagent.lab.netns import ALL_LINKS, NetnsError, Network
 from hagent.lab.ports import PortPicker
 
@@ -169,7 +172,7 @@ class Lab:
            timeout: float = READY_TIMEOUT, register: bool = True,
            config_extra: dict[str, dict[str, Any]] | None = None,
            env: dict[str, str] | None = None, picker: PortPicker | None = None,
-           netns: bool = False, libvirt: bool = False, nova: bool = False,
+           netns: bool = False, libvirt: bool = False, nova: bool | str = False,
            instances: int = 0, nova_timings: Any = None, bmc: bool = False,
            eligible: bool = True, failure_domains: dict[str, str] | None = None) -> Lab:
         """Start ``nodes`` agents (the first ``voters`` vote), wait until all are ready,
@@ -182,7 +185,9 @@ class Lab:
         (``config_extra["monitors"]`` may add to or override that).``nova``: the lab's Nova simulator (``hagent.lab.nova``), one simulated compute host
         per agent, powered by the agents' power switches; it writes ``DIR/clouds.yaml`` and
         the agents recover through it. ``instances``: boot that many, three in four with
-        metadata HA_Enabled=True, spread over the hosts. ``nova_timings``: its
+        metadata HA_Enabled=True, spread over the hosts (``nova="sim"`` is ``True``).
+        ``nova="real"``: a real Nova instead (``hagent.lab.realnova``, ~35 s to start,
+        docs/nova-real.md). ``nova_timings``: its
         ``Timings`` (default: close to real Nova's). ``bmc``: ``DIR/bmc.toml`` names each
         host's power switch as its fence driver (``driver = "lab"``), in every config's
         ``fencing.bmc_inventory``: the leader powers a dead host off through it and needs no
@@ -226,7 +231,7 @@ class Lab:
                                                eligible=eligible,
                                                failure_domains=failure_domains)
                 configs.write_node_files(plans, secret, config_extra, libvirt=libvirt,
-                                         nova=nova, bmc=bmc)
+                                         nova=bool(nova), bmc=bmc)
                 lab = cls(lab_dir, [LabNode.from_plan(p, network, libvirt) for p in plans])
                 lab._env = env
                 try:
@@ -236,12 +241,16 @@ class Lab:
                         libvirtd.start_hosts(lab_dir, {p.name: (p.libvirt_dir,
                                                                 p.libvirt_socket_dir)
                                                        for p in plans})
-                    if nova:
+                    if nova == "real":
+                        RealNova.start(lab_dir, [p.name for p in plans], lab_dir=lab_dir,
+                                       bind=network.gateway if network else "127.0.0.1")
+                    elif nova:
                         # In a netns lab the agents reach it over the lab bridge.
                         NovaSim.start(lab_dir, [p.name for p in plans], in_process=False,
                                       lab_dir=lab_dir, timings=nova_timings,
                                       bind=network.gateway if network else "127.0.0.1")
-                except (power.PowerError, libvirtd.LibvirtdError, NovaSimError) as exc:
+                except (power.PowerError, libvirtd.LibvirtdError, NovaSimError,
+                        RealNovaError) as exc:
                     raise LabError(str(exc)) from None
                 for node in lab.nodes:
                     lab._spawn(node)
@@ -275,8 +284,14 @@ class Lab:
         return lab
 
     @property
-    def nova(self) -> NovaSim:
-        """The lab's Nova simulator (``lab up --nova``); LabError if it has none."""
+    def nova(self) -> NovaSim | RealNova:
+        """The lab's Nova: its simulator (``lab up --nova``) or real Nova (``--nova real``);
+        LabError if it has none."""
+        if (self.dir / REALNOVA_RECORD).exists():
+            try:
+                return RealNova.attach(self.dir)
+            except RealNovaError as exc:
+                raise LabError(str(exc)) from None
         try:
             return NovaSim.attach(self.dir)
         except (OSError, NovaSimError) as exc:
@@ -723,7 +738,8 @@ class Lab:
 
 
 def _stop_nova(lab_dir: Path) -> None:
-    """Stop the lab's Nova simulator, if it has one running (its record is DIR/nova.json)."""
+    """Stop the lab's Nova simulator (its record is DIR/nova.json) or real Nova, if any."""
+    stop_real_nova(lab_dir)
     if (lab_dir / "nova.json").exists():
         try:
             NovaSim.attach(lab_dir).stop()
