@@ -144,3 +144,67 @@ def test_losing_leadership_forgets_what_was_in_flight():
     d.step(view(change(REMOVE, "node3", C)))
     d.reset()
     assert d.busy is None
+
+
+def test_the_drivers_commands_carry_changes_through_the_real_state():
+    """Driver and ClusterState together, pysyncobj's cluster a set: bootstrap, register, an
+    add that commits after catch-up, a remove, and refusals the log makes itself."""
+    from consensus.state import ClusterState
+
+    state = ClusterState()
+    members = {A, B, C}
+    clock = [T0]
+
+    def apply(command: dict[str, Any]) -> dict[str, Any]:
+        clock[0] += 0.1
+        return state.apply({"at": clock[0], **command})
+
+    def run(d: ChangeDriver, term: int = 5, commit: int = 1000) -> None:
+        """Step the driver until it has nothing to do, carrying out each action."""
+        for _ in range(20):
+            action = d.step(LeaderView(term=term, self_address=A, voters=state.voters(),
+                                       members=frozenset(members), reachable=frozenset(members),
+                                       commit_index=commit, wall=clock[0], mono=clock[0]))
+            if action is None:
+                return
+            if isinstance(action, Propose):
+                answer = apply(action.command)
+                d.done(action, answer["ok"], answer.get("error"))
+            elif isinstance(action, AddMember):
+                members.add(action.address)
+                d.done(action, True)
+            else:
+                members.discard(action.address)
+                d.done(action, True)
+        raise AssertionError("the driver did not settle")
+
+    d = driver()
+    run(d)
+    assert state.voters()["bootstrapped"] and len(state.voters()["voters"]) == 3
+    for i, address in enumerate((A, B, C, D), start=1):
+        assert apply({"op": "voters.register", "node": f"node{i}", "raft_address": address,
+                      "forward_address": address.replace("7170", "7171"),
+                      "public_key": f"key{i}"})["ok"]
+    assert apply({"op": "voters.change", KIND: ADD, "node": "node4", "term": 5,
+                  "leader": "node1"})["ok"]
+    # A second change while one is in flight is refused by the log, with the reason.
+    refused = apply({"op": "voters.change", KIND: REMOVE, "node": "node2", "term": 5})
+    assert not refused["ok"] and "another change is in flight" in refused["error"]
+    run(d)
+    assert D not in members  # no report yet
+    assert apply({"op": "voters.progress", "node": "node4", "applied": 990,
+                  "leader_commit": 995})["ok"]
+    run(d)
+    view = state.voters()
+    assert D in members and view["change"] is None
+    assert [v["node"] for v in view["voters"]] == ["node1", "node2", "node3", "node4"]
+    assert view["last_change"]["result"] == "committed" and view["last_change"]["op"] == ADD
+    assert apply({"op": "voters.change", KIND: REMOVE, "node": "node4", "term": 5,
+                  "leader": "node1"})["ok"]
+    run(d)
+    assert members == {A, B, C} and len(state.voters()["voters"]) == 3
+    # The leader itself and below three voters are refused by the log.
+    for node, why in (("node1", "is the leader"), ("node2", "would leave 2 voter(s)")):
+        answer = apply({"op": "voters.change", KIND: REMOVE, "node": node, "term": 5,
+                        "leader": "node1"})
+        assert not answer["ok"] and why in answer["error"], answer
