@@ -24,7 +24,9 @@ class AgentNode(Protocol):
 
         Keys: node, role (leader|follower|candidate|replica), voter (bool), leader
         (raft address or None), term, commit_index, applied_index, log_size,
-        voters (list of {address, reachable}), notifications (counts by status),
+        voters (list of {address, node, reachable}), voter_set (``hagent.voters.view.
+        status_summary``: the committed voters' records, the eligible non-voters, the change in
+        flight with its catch-up progress, the last change), notifications (counts by status),
         ready (bool: joined the log and caught up). With gossip also: members (list of
         {name, state, incarnation}) and membership ({address, members_by_state,
         health_score}).
@@ -70,6 +72,17 @@ class AgentNode(Protocol):
         Returns ClusterState.apply's answer ({"ok", "result", "error"}), or
         {"ok": False, "error": "..."} when the log could not commit it in time.
         """
+
+    async def voters_view(self) -> dict[str, Any]:
+        """The voter set (``hagent.voters.view.describe``): voters, eligible non-voters, the
+        change in flight with its catch-up progress, the last change. Raises Unavailable when
+        a non-voter's voters do not answer."""
+
+    async def change_voters(self, kind: str, node: str, *, wait: float) -> dict[str, Any]:
+        """Add (``kind`` "add") or remove a voter and wait up to ``wait`` seconds for the
+        outcome: the committed change (``last_change``), or the change in flight with
+        ``result`` "in_progress". Raises hagent.voters.changer.VoterChangeRefused with the
+        reason when it was refused or aborted (nothing changed)."""
 
     async def submit_notification(self, fields: dict[str, Any]) -> dict[str, Any]:
         """Spool (fsynced) then commit a notification; ``fields`` holds type, hostname,

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from consensus.state import ClusterState
 from hagent.node_api import Unavailable
 from hagent.queries import run_query
+from hagent.voters.view import status_summary
 
 T = TypeVar("T")
 
@@ -60,6 +61,7 @@ class FakeNode:
             "voters": [{"address": "127.0.0.1:7101", "reachable": True},
                        {"address": "127.0.0.1:7102", "reachable": True},
                        {"address": "127.0.0.1:7103", "reachable": False}],
+            "voter_set": status_summary(self.read(lambda s: s.voters())),
             "notifications": self.read(lambda s: s.counts_by_status()),
             "ready": self.healthy,
             "spool_depth": 0,
@@ -95,6 +97,25 @@ class FakeNode:
         with self._lock:
             self._applied += 1
             return self.state.apply(command)
+
+    async def voters_view(self) -> dict[str, Any]:
+        from hagent.voters.view import describe
+
+        return describe(self.read(lambda s: s.voters()), raft_status=self.status(),
+                        target=3, auto_replace=True, commit_index=self._applied)
+
+    async def change_voters(self, kind: str, node: str, *, wait: float) -> dict[str, Any]:
+        """The log's refusals are real; the change then commits at once (no leader's
+        catch-up to wait for in a fake)."""
+        from hagent.voters.changer import VoterChangeRefused
+
+        answer = await self.propose({"op": "voters.change", "change": kind, "node": node,
+                                     "term": 4, "leader": self.name})
+        if not answer["ok"]:
+            raise VoterChangeRefused(answer["error"])
+        committed = await self.propose({"op": "voters.commit", "change": kind, "node": node,
+                                        "term": 4})
+        return committed["result"]
 
     async def submit_notification(self, fields: dict[str, Any]) -> dict[str, Any]:
         command = {"op": "notification.submit",

@@ -135,6 +135,48 @@ async def raft(node: AgentNode, args: dict[str, Any]) -> Any:
     return {k: v for k, v in node.status().items() if k not in NOT_RAFT_KEYS}
 
 
+# --- the voter set (docs/voters.md) -------------------------------------------------------
+#: Seconds add-voter/remove-voter wait for the change's outcome before answering that it is
+#: still in flight: under the admin server's REQUEST_TIMEOUT (60 s), above a typical add
+#: (re-exec and catch-up take a few seconds). The change carries on either way.
+VOTER_CHANGE_WAIT = 45.0
+
+
+async def raft_voters(node: AgentNode, args: dict[str, Any]) -> Any:
+    """The voter set: voters, eligible non-voters, the change in flight and the last one."""
+    _no_unknown(args, set())
+    try:
+        return await node.voters_view()
+    except QueryError as exc:
+        raise VerbError(str(exc)) from None
+    except Unavailable as exc:
+        raise VerbError(f"cannot read the voter set: {exc}") from None
+
+
+async def _voter_change(node: AgentNode, args: dict[str, Any], kind: str) -> Any:
+    from hagent.voters.changer import VoterChangeRefused
+
+    _no_unknown(args, {"node"})
+    name = _arg(args, "node")
+    try:
+        return await node.change_voters(kind, name, wait=VOTER_CHANGE_WAIT)
+    except VoterChangeRefused as exc:
+        raise VerbError(str(exc)) from None
+    except Unavailable as exc:
+        raise VerbError(f"cannot reach the log: {exc}") from None
+
+
+async def raft_add_voter(node: AgentNode, args: dict[str, Any]) -> Any:
+    """Promote an eligible non-voter; answers the committed change, or the change still in
+    flight after VOTER_CHANGE_WAIT (``result`` "in_progress")."""
+    return await _voter_change(node, args, "add")
+
+
+async def raft_remove_voter(node: AgentNode, args: dict[str, Any]) -> Any:
+    """Demote a voter (it goes on as a non-voter); as ``raft.add_voter``."""
+    return await _voter_change(node, args, "remove")
+
+
 # --- segments ---------------------------------------------------------------------------
 _SEGMENT_FIELDS = {"name": str, "description": str, "recovery_method": str, "service_type": str,
                    "enabled": bool}
@@ -312,6 +354,9 @@ VERBS: dict[str, Verb] = {
     "status": status,
     "members": members,
     "raft": raft,
+    "raft.voters": raft_voters,
+    "raft.add_voter": raft_add_voter,
+    "raft.remove_voter": raft_remove_voter,
     "segment.list": segment_list,
     "segment.show": segment_show,
     "segment.create": segment_create,

@@ -2,7 +2,8 @@
 
 Verbs and positional arguments follow python-masakariclient's ``openstack segment|host|
 notification|vmove`` commands, so a Masakari operator's habits carry over; ``status``,
-``members``, ``raft`` and ``incident`` are hagent's own. Every verb takes ``-f table|json``.
+``members``, ``raft`` (with ``voters``, ``add-voter NODE``, ``remove-voter NODE``) and
+``incident`` are hagent's own. Every verb takes ``-f table|json``.
 
 Exit codes: 0 done; 1 the agent refused (reason on stderr) or could not be reached
 (the message names the socket); 2 usage error (argparse's usage message), which
@@ -19,6 +20,7 @@ from typing import Any, Callable, Sequence
 
 from hagent.admin import client, protocol
 from hagent.ctl import recovery, render
+from hagent.voters.view import change_line, last_change_line
 
 DEFAULT_SOCKET = Path("/run/hagent/hagent.sock")
 
@@ -42,8 +44,10 @@ INCIDENT_SHOW = ("hostname", "status", "host_uuid", "notification_uuid", "notifi
                  "fenced_at", "closed_at", "up_notification_uuid")
 MEMBERS = ("name", "raft_address", "voter", "reachable")
 STATUS = ("node", "role", "voter", "leader", "term", "commit_index", "applied_index", "log_size",
-          "ready", "voters", "notifications", "membership", "members", "lease", "detection",
-          "recovery", "monitors")
+          "ready", "voters", "voter_set", "notifications", "membership", "members", "lease",
+          "detection", "recovery", "monitors")
+VOTERS = ("node", "raft_address", "forward_address", "failure_domain", "reachable", "leader")
+ELIGIBLE = ("node", "raft_address", "forward_address", "failure_domain")
 
 RECOVERY_METHODS = ("auto", "reserved_host", "auto_priority", "rh_priority")
 NOTIFICATION_TYPES = ("COMPUTE_HOST", "PROCESS", "VM")
@@ -150,7 +154,17 @@ def build_parser() -> argparse.ArgumentParser:
     verbs.add_parser("members", parents=[leaf],
                      help="cluster members: gossip state, incarnation, last heard, suspicion, "
                           "lease, voter")
-    verbs.add_parser("raft", parents=[leaf], help="this node's Raft state")
+    raft = verbs.add_parser("raft", parents=[leaf],
+                            help="this node's Raft state; the voter set and its changes")
+    raft_actions = raft.add_subparsers(dest="action", metavar="ACTION")
+    raft_actions.add_parser("voters", parents=[leaf],
+                            help="voters, eligible non-voters, the change in flight, the last one")
+    p = raft_actions.add_parser("add-voter", parents=[leaf],
+                                help="promote an eligible non-voter (it catches up first)")
+    p.add_argument("node", metavar="NODE", help="node name (hagentctl raft voters lists them)")
+    p = raft_actions.add_parser("remove-voter", parents=[leaf],
+                                help="demote a voter; it goes on as a non-voter")
+    p.add_argument("node", metavar="NODE", help="node name, or a voter's Raft address")
 
     # segment
     seg = verbs.add_parser("segment", help="failover segments").add_subparsers(
@@ -292,8 +306,12 @@ def _fields(value: dict[str, Any]) -> str:
     """Field/Value table of a status document; voters and members shown one per line."""
     value = dict(value)
     if isinstance(value.get("voters"), list):
-        value["voters"] = [f"{v.get('address')} ({'reachable' if v.get('reachable') else 'unreachable'})"
-                           if isinstance(v, dict) else v for v in value["voters"]]
+        value["voters"] = [
+            (f"{v['node']} " if v.get("node") else "")
+            + f"{v.get('address')} ({'reachable' if v.get('reachable') else 'unreachable'})"
+            if isinstance(v, dict) else v for v in value["voters"]]
+    if isinstance(value.get("voter_set"), dict):
+        value["voter_set"] = _voter_set_lines(value["voter_set"])
     if isinstance(value.get("members"), list):
         value["members"] = [f"{m.get('name')} {m.get('state')} (incarnation {m.get('incarnation')})"
                             if isinstance(m, dict) else m for m in value["members"]]
@@ -313,6 +331,40 @@ def _fields(value: dict[str, Any]) -> str:
     return render.show_table(value, STATUS)
 
 
+def _voter_set_lines(doc: dict[str, Any]) -> list[str]:
+    voters = ", ".join(v.get("node") or v.get("raft_address") for v in doc.get("voters") or [])
+    return [f"voters: {voters or '(not bootstrapped)'}",
+            f"eligible: {', '.join(doc.get('eligible') or []) or 'none'}",
+            f"change: {change_line(doc.get('change'))}",
+            f"last change: {last_change_line(doc.get('last_change'))}"]
+
+
+def _voters_view(doc: dict[str, Any]) -> str:
+    """``raft voters``: a table of voters, one of eligible non-voters, then the changes."""
+    voters = [{**v, "leader": "yes" if v.get("leader") else "",
+               "reachable": {True: "yes", False: "NO", None: "?"}[v.get("reachable")]}
+              for v in doc.get("voters") or []]
+    parts = [f"Voters ({len(voters)}, target {doc.get('target') or 'bootstrap count'}, "
+             f"autopilot {'on' if doc.get('auto_replace') else 'off'}):",
+             render.list_table(voters, VOTERS),
+             f"Eligible non-voters ({len(doc.get('eligible') or [])}):",
+             render.list_table(doc.get("eligible") or [], ELIGIBLE),
+             f"Change in flight: {change_line(doc.get('change'))}",
+             f"Last change: {last_change_line(doc.get('last_change'))}"]
+    return "\n".join(parts)
+
+
+def _change_done(ns: argparse.Namespace, answer: dict[str, Any]) -> None:
+    if answer.get("result") == "in_progress":
+        print(f"hagentctl: warning: {change_line(answer)} is still in flight; follow it with "
+              f"`hagentctl raft voters`", file=sys.stderr)
+    if ns.format == "json":
+        print(render.to_json(answer))
+    elif answer.get("result") != "in_progress":
+        print(f"Voter {'added' if answer.get('op') == 'add' else 'removed'}: {answer.get('node')} "
+              f"({answer.get('address')}, term {answer.get('term')})")
+
+
 def _members_table(rows: list[dict[str, Any]]) -> str:
     """Gossip members (they have a ``state``); an agent without gossip lists its voters."""
     if any("state" in r for r in rows):
@@ -322,10 +374,19 @@ def _members_table(rows: list[dict[str, Any]]) -> str:
 
 def run(ns: argparse.Namespace, parser: argparse.ArgumentParser, call: Call) -> int:
     """Carry out one parsed command; returns the exit status."""
-    verb = ns.verb if ns.verb in ("status", "members", "raft") else f"{ns.verb}.{ns.action}"
+    if ns.verb == "raft" and ns.action:
+        verb = f"raft.{ns.action.replace('-', '_')}"
+    elif ns.verb in ("status", "members", "raft"):
+        verb = ns.verb
+    else:
+        verb = f"{ns.verb}.{ns.action}"
 
     if verb in ("status", "raft"):
         _out(ns, _request(call, verb, {}), _fields)
+    elif verb == "raft.voters":
+        _out(ns, _request(call, verb, {}), _voters_view)
+    elif verb in ("raft.add_voter", "raft.remove_voter"):
+        _change_done(ns, _request(call, verb, {"node": ns.node}))
     elif verb == "members":
         _out(ns, _request(call, verb, {}), _members_table)
 

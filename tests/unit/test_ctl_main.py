@@ -427,3 +427,53 @@ def test_socket_option_default_and_positions():
     assert str(parser.parse_args(["status"]).socket) == "/run/hagent/hagent.sock"
     assert str(parser.parse_args(["--socket", "/a", "status"]).socket) == "/a"
     assert str(parser.parse_args(["status", "--socket", "/b"]).socket) == "/b"
+
+
+def voter_set(node: FakeNode, nodes: int = 5, voters: int = 3) -> None:
+    """Bootstrap node-1..node-<voters> and register node-1..node-<nodes>."""
+    addresses = [f"127.0.0.1:710{i}" for i in range(1, nodes + 1)]
+    asyncio.run(node.propose({"op": "voters.bootstrap", "voters": addresses[:voters]}))
+    for i, address in enumerate(addresses, start=1):
+        answer = asyncio.run(node.propose({
+            "op": "voters.register", "node": f"node-{i}", "raft_address": address,
+            "forward_address": address[:-1] + "9", "public_key": f"key-{i}",
+            "failure_domain": "rack-a" if i % 2 else "rack-b"}))
+        assert answer["ok"], answer
+
+
+def test_raft_voters_tables_the_voters_the_eligible_and_the_changes(ctl, node):
+    voter_set(node)
+    code, out, _ = ctl("raft", "voters")
+    assert code == 0
+    assert "Voters (3, target 3, autopilot on):" in out
+    rows = [r for r in table_rows(out) if r[0] != "node"]  # two tables: skip the 2nd header
+    assert [r[0] for r in rows] == ["node-1", "node-2", "node-3", "node-4", "node-5"]
+    assert rows[0][4:] == ["yes", "yes"] and rows[2][4] == "NO"  # reachable, leader
+    assert "Eligible non-voters (2):" in out and "Change in flight: none" in out
+    doc = jrun(ctl, "raft", "voters")
+    assert [e["node"] for e in doc["eligible"]] == ["node-4", "node-5"]
+    assert doc["voters"][1]["failure_domain"] == "rack-b"
+
+
+def test_add_and_remove_voter_and_their_refusals(ctl, node):
+    voter_set(node)
+    code, out, err = ctl("raft", "add-voter", "node-4")
+    assert code == 0 and out.startswith("Voter added: node-4 (127.0.0.1:7104") and not err
+    assert [v["node"] for v in jrun(ctl, "raft", "voters")["voters"]] == \
+        ["node-1", "node-2", "node-3", "node-4"]
+    assert "last change: add node-4 committed (term 4)" in ctl("status")[1]
+    answer = jrun(ctl, "raft", "remove-voter", "node-4")
+    assert answer["op"] == "remove" and answer["result"] == "committed"
+    before = node.read(lambda s: s.voters())
+    for argv, why in ((("add-voter", "node-9"), "unknown node node-9"),
+                      (("add-voter", "node-2"), "already a voter"),
+                      (("remove-voter", "node-5"), "is not a voter"),
+                      (("remove-voter", "node-1"), "is the leader"),
+                      (("remove-voter", "node-2"), "would leave 2 voter(s)")):
+        code, out, err = ctl("raft", *argv)
+        assert code == 1 and why in err and not out, (argv, err)
+    assert node.read(lambda s: s.voters())["voters"] == before["voters"]  # nothing changed
+    for argv in (("raft", "add-voter"), ("raft", "remove-voter", "a", "b"), ("raft", "promote")):
+        with pytest.raises(SystemExit) as exc:
+            ctl(*argv)
+        assert exc.value.code == 2
