@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from hagent.lab.configs import admin_socket_path
+
 RECORD_FILE = "realnova.json"
 CLOUDS_FILE = "clouds.yaml"
 DATA_DIR = "realnova"
@@ -61,7 +63,9 @@ class Layout:
 
     @property
     def control_socket(self) -> Path:
-        return self.data / "control.sock"
+        """``DIR/realnova/run/control.sock``, or a short path under the temp dir if that
+        would not fit in an AF_UNIX address (as the lab's other sockets)."""
+        return admin_socket_path(self.dir, DATA_DIR, "control.sock")
 
     def log(self, name: str) -> Path:
         return self.logs / f"{name}.log"

@@ -7,7 +7,7 @@ Run as ``python -m hagent.lab.realnova --dir DIR --hosts a,b,c [--lab-dir D] [--
 ``DIR/realnova.json`` as it goes (``ready`` turns true at READY), so the lab can be stopped
 from any process, also if this one died (``RealNova.stop``).
 
-Control socket (``DIR/realnova/control.sock``): one JSON object per line, one answer per
+Control socket (``DIR/realnova/run/control.sock``, ``layout.py``): one JSON object per line, one answer per
 line, ``{"ok": true, ...}`` or ``{"ok": false, "error": ...}``. Requests (``cmd``):
 ``compute`` (``host``, ``action`` stop/start), ``power`` (``host``, ``action`` off/on),
 ``status``.
@@ -364,6 +364,7 @@ class Supervisor:
     def _serve_control(self) -> None:
         supervisor = self
         path = self.layout.control_socket
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.unlink(missing_ok=True)
 
         class Handler(socketserver.StreamRequestHandler):
@@ -401,6 +402,7 @@ class Supervisor:
         if self._control is not None:
             self._control.shutdown()
             self._control.server_close()
+            self.layout.control_socket.unlink(missing_ok=True)
         for standin in self._standins:
             standin.stop()
         with self.lock:
