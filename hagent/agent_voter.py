@@ -25,6 +25,7 @@ from hagent.forward.keys import read_key_pair
 from hagent.forward.server import ForwardServer
 from hagent.queries import run_query
 from hagent.secretfile import read_secret
+from hagent.voters.view import status_summary
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,10 @@ class VoterBackend:
 
     kind = "voter"
 
-    def __init__(self, config: Config, node_name: str) -> None:
+    def __init__(self, config: Config, node_name: str,
+                 members: list[str] | None = None) -> None:
+        """``members``: the Raft voter set to start from (default ``raft.voters``); a
+        promotion candidate passes the set without itself, as it is not a member yet."""
         self.address = config.raft.bind
         # Read the key pair first: a bad key file stops start-up before Raft binds.
         key_pair = read_key_pair(config.security.key_file) if config.forwarding else None
@@ -47,7 +51,7 @@ class VoterBackend:
         self._role_observers: tuple[Callable[[str, int], None], ...] = ()
         self.raft = RaftNode(
             self_address=config.raft.bind,
-            voters=list(config.raft.voters),
+            voters=list(config.raft.voters if members is None else members),
             state_dir=config.node.state_dir / "raft",
             password=read_secret(config.raft.secret_file),
             options=config.raft,
@@ -101,7 +105,14 @@ class VoterBackend:
 
     # --- reads ------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
+        """RaftNode's status, each voter with its node name, plus the voter set as the log
+        has it (``voter_set``: non-voters take the voters' forward endpoints and keys from it)
+        and the notification counts."""
         status = self.raft.status()
+        doc = self.raft.read(lambda s: s.voters())
+        names = {r["raft_address"]: name for name, r in (doc.get("registry") or {}).items()}
+        status["voters"] = [{**v, "node": names.get(v["address"])} for v in status["voters"]]
+        status["voter_set"] = status_summary(doc)
         status["notifications"] = self.raft.read(lambda s: s.counts_by_status())
         return status
 

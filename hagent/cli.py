@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from hagent.config import DEFAULT_CONFIG_PATH, ConfigError, check_config_main, load_config
 
@@ -17,12 +18,14 @@ def _run(args: argparse.Namespace) -> int:
         for error in exc.errors:
             print(f"{args.config}: {error}", file=sys.stderr)
         return 1
-    from hagent.daemon import serve  # heavy imports only for the daemon
+    from hagent.daemon import RoleSwitch, serve  # heavy imports only for the daemon
     from hagent.logs import setup_logging
 
     setup_logging(config.node.name, config.logging.level)
     try:
         return asyncio.run(serve(config))
+    except RoleSwitch as switch:
+        _reexec(switch)
     except Exception as exc:  # noqa: BLE001 - report start-up failures, then exit 1
         import logging
 
@@ -34,6 +37,19 @@ def _run(args: argparse.Namespace) -> int:
         return 1
 
 
+def _reexec(switch: Exception) -> NoReturn:
+    """Become a new agent process with the same command line and PID (its role comes from the
+    voter set the old one saved): systemd's MAINPID and the lab's records stay valid."""
+    import logging
+    import os
+
+    logging.getLogger("hagent").warning("%s; re-executing %s", switch, " ".join(sys.orig_argv))
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, sys.orig_argv)
+
+
 def _startup_refusals() -> tuple[type[Exception], ...]:
     """Errors that mean "this node's set-up is wrong" (a file, a device, an address)."""
     from hagent.fencing.inventory import InventoryError
@@ -41,10 +57,11 @@ def _startup_refusals() -> tuple[type[Exception], ...]:
     from hagent.membership.shell import GossipBindError
     from hagent.monitors.process_list import ProcessListError
     from hagent.secretfile import SecretFileError
+    from hagent.voters.localfile import VotersFileError
     from recovery.nova import NovaConfigError
 
     return (InventoryError, WatchdogError, GossipBindError, ProcessListError, SecretFileError,
-            NovaConfigError)
+            NovaConfigError, VotersFileError)
 
 
 def _keygen(args: argparse.Namespace) -> int:

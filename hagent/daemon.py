@@ -19,6 +19,16 @@ Failure detection runs beside them when ``gossip.bind`` is set: a ``MembershipSe
 ``serve`` starts the agent's parts as a list of ``Component`` (start in order, stop in
 reverse, and only those that started): a new long-running part is one entry in
 ``Agent.components``.
+
+The voter set (docs/voters.md): which backend a process runs comes from the voter set this
+node saved (``STATE_DIR/voters.json``, ``hagent.voters.localfile``), else the config's
+bootstrap ``raft.voters``; ``self.config`` is the config as this process runs it (its
+``raft.voters`` the effective set). A ``RoleWatcher`` registers an eligible node, keeps the
+saved set current and, when the log says this node's role changed (promoted, removed, a
+promotion aborted), asks for a **re-exec**: ``serve`` stops every part cleanly, saves the
+voter set the next role starts from and raises ``RoleSwitch``; ``hagent run`` then execs the
+same command line (same PID, so systemd's and the lab's records stay valid). Every voter runs
+a ``VoterChanger``, which carries out voter changes while this node leads.
 """
 from __future__ import annotations
 
@@ -50,6 +60,11 @@ from hagent.monitors.runner import Monitors
 from hagent.spool import Spool
 from hagent.status_http import StatusServer
 from hagent.submitter import Submitter
+from hagent.voters import localfile
+from hagent.voters.changer import VoterChanger, VoterChangeRefused
+from hagent.voters.role import Me, Switch
+from hagent.voters.view import describe
+from hagent.voters.watcher import RoleWatcher
 from recovery.engine import RecoveryEngine
 from recovery.nova import NovaClient
 
@@ -70,6 +85,15 @@ class Component:
     name: str
     start: Callable[[], Awaitable[None] | None]
     stop: Callable[[], Awaitable[None] | None]
+
+
+class RoleSwitch(Exception):
+    """Raised out of ``serve`` once the agent stopped for a role switch and saved the voter
+    set its next role starts from: ``hagent run`` re-execs itself on it."""
+
+    def __init__(self, switch: Switch) -> None:
+        super().__init__(f"re-exec as a {switch.to}: {switch.reason}")
+        self.switch = switch
 
 
 class _LeaseVerdicts:
@@ -94,14 +118,37 @@ class Agent:
     """One node's agent; implements hagent.node_api.AgentNode."""
 
     def __init__(self, config: Config) -> None:
-        self.config = config
         self.name = config.node.name
         self.registry = CollectorRegistry()
         self.lease_ttl = config.fencing.lease_ttl
         state_dir = config.node.state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
-        backend_class = VoterBackend if config.is_voter else ReplicaBackend
-        self.backend: VoterBackend | ReplicaBackend = backend_class(config, self.name)
+        #: The voter target: voters.target, or as many as the bootstrap set has.
+        self.voter_target = config.voters.target or len(config.raft.voters)
+        self.local_voters = localfile.effective(config)
+        config = localfile.run_config(config, self.local_voters)
+        self.config = config
+        self.switch_to: Switch | None = None  # set: serve stops and re-execs into it
+        self._stop: asyncio.Event | None = None
+        if config.is_voter:
+            self.backend: VoterBackend | ReplicaBackend = VoterBackend(
+                config, self.name, self.local_voters.addresses)
+        else:
+            self.backend = ReplicaBackend(config, self.name,
+                                          localfile.forwardable(self.local_voters))
+        self.changer: VoterChanger | None = None
+        if isinstance(self.backend, VoterBackend):
+            self.changer = VoterChanger(self.backend,
+                                        max_catchup_lag=config.voters.max_catchup_lag,
+                                        catchup_timeout=config.voters.catchup_timeout)
+        key_pair = read_key_pair(config.security.key_file) if config.forwarding else None
+        self.role_watcher: RoleWatcher | None = None
+        if key_pair is not None:
+            me = Me(self.name, config.raft.bind, config.own_forward_endpoint, key_pair.public)
+            self.role_watcher = RoleWatcher(
+                self.backend, me, self.local_voters, voter=config.is_voter,
+                failure_domain=config.voters.failure_domain, state_dir=state_dir,
+                switch=self.request_switch)
         self.membership: MembershipService | None = None
         if config.gossip.bind:
             self.membership = MembershipService(config, read_key_pair(config.security.key_file),
@@ -156,8 +203,12 @@ class Agent:
         may judge it), detection and recovery after membership, the admin socket and the
         status endpoint before the submitter (it proposes at once), the monitors last (their
         stop hands what they queued to the submitter's spool)."""
-        parts = [Component("backend", self.backend.start, self.backend.stop),
-                 Component("leases", self.leases.start, self.leases.stop)]
+        parts = [Component("backend", self.backend.start, self.backend.stop)]
+        if self.role_watcher is not None:
+            parts.append(Component("voter role", self.role_watcher.start, self.role_watcher.stop))
+        if self.changer is not None:
+            parts.append(Component("voter changes", self.changer.start, self.changer.stop))
+        parts.append(Component("leases", self.leases.start, self.leases.stop))
         if self.membership is not None:
             parts.append(Component("membership", self.membership.start, self.membership.stop))
         if self.detection is not None:
@@ -183,6 +234,15 @@ class Agent:
         self.backend.remove_apply_observer(self.recovery.observe)
         await self.recovery.stop()
         self._nova.close()
+
+    def request_switch(self, switch: Switch) -> None:
+        """Stop the agent for a re-exec into ``switch`` (first request wins)."""
+        if self.switch_to is not None:
+            return
+        log.warning("role switch: %s", switch.reason)
+        self.switch_to = switch
+        if self._stop is not None:
+            self._stop.set()
 
     # --- AgentNode -------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -238,6 +298,27 @@ class Agent:
     async def submit_notification(self, fields: dict[str, Any]) -> dict[str, Any]:
         return await self.submitter.submit(fields)
 
+    async def voters_view(self) -> dict[str, Any]:
+        common = {"target": self.voter_target, "auto_replace": self.config.voters.auto_replace}
+        if isinstance(self.backend, VoterBackend):
+            raft = self.backend.raft
+            status = raft.status()
+            return describe(self.backend.query("voters", {}), raft_status=status,
+                            members=raft.cluster_members(),
+                            commit_index=status["commit_index"], **common)
+        return describe(await self.backend.query_async("voters", {}),
+                        raft_status=self.backend.status(), **common)
+
+    async def change_voters(self, kind: str, node: str, *, wait: float) -> dict[str, Any]:
+        if self.changer is None:
+            leader = self.backend.status().get("leader")
+            raise VoterChangeRefused(
+                f"this node is a non-voter: change the voter set on a voter (the leader is "
+                f"{leader or 'not known'})")
+        if kind == "add":
+            return await self.changer.add_voter(node, wait=wait)
+        return await self.changer.remove_voter(node, wait=wait)
+
 
 async def _wait_ready(agent: Agent, stop: asyncio.Event) -> bool:
     while not stop.is_set():
@@ -279,6 +360,8 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     agent = Agent(config)
+    agent._stop = stop
+    config = agent.config  # as this process runs it: raft.voters is the effective set
     tasks: list[asyncio.Task] = []
     exit_status = [0]
     started: list[Component] = []
@@ -290,8 +373,11 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
         interval = sdnotify.watchdog_interval()
         if interval:
             tasks.append(asyncio.create_task(_watchdog_pings(interval / 2)))
-        log.info("started: %s, raft %s, forward %s, gossip %s, admin %s, status http://%s",
-                 agent.backend.kind, config.raft.bind or "(none: non-voter)",
+        log.info("started: %s%s (voter set from %s: %s), raft %s, forward %s, gossip %s, "
+                 "admin %s, status http://%s", agent.backend.kind,
+                 " (pending: catching up)" if agent.local_voters.pending else "",
+                 agent.local_voters.source, ", ".join(config.raft.voters),
+                 config.raft.bind if config.is_voter else "(none: non-voter)",
                  config.forward_bind or ("client" if not config.is_voter else "off"),
                  config.gossip.bind or "off", config.admin.socket, config.status.bind)
         if await _wait_ready(agent, stop):
@@ -313,4 +399,8 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
                 log.exception("stopping the %s failed", part.name)
         if not started and isinstance(agent.backend, VoterBackend):
             agent.backend.raft.close()  # built in Agent(), never started
+    if agent.switch_to is not None:
+        switch = agent.switch_to
+        localfile.save(config.node.state_dir, switch.voters, pending=switch.pending)
+        raise RoleSwitch(switch)
     return exit_status[0]

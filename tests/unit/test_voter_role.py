@@ -1,0 +1,137 @@
+"""When a node switches role (hagent.voters.role) and the voter set it starts from
+(hagent.voters.localfile): promotion seen by a non-voter, removal and an aborted promotion
+seen by a voter only once it has caught up, the saved set winning over the config."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from hagent.config import loads_config
+from hagent.voters import localfile
+from hagent.voters.localfile import LocalVoters, VotersFileError
+from hagent.voters.role import NON_VOTER, VOTER, Me, as_non_voter, as_voter, promoting_me
+
+ME = Me("node4", "10.0.0.4:7170", "10.0.0.4:7171", "key4")
+
+
+def record(i: int) -> dict:
+    return {"node": f"node{i}", "raft_address": f"10.0.0.{i}:7170",
+            "forward_address": f"10.0.0.{i}:7171", "public_key": f"key{i}",
+            "failure_domain": ""}
+
+
+def voter_set(*voters: int, change=None, last=None, bootstrapped=True) -> dict:
+    return {"voters": [record(i) for i in voters], "change": change, "last_change": last,
+            "bootstrapped": bootstrapped}
+
+
+ADD_ME = {"op": "add", "node": "node4", "address": "10.0.0.4:7170", "phase": "catching_up",
+          "term": 3}
+
+
+def test_a_non_voter_starts_catching_up_when_its_add_is_in_flight():
+    assert as_non_voter(ME, voter_set(1, 2, 3)) is None
+    switch = as_non_voter(ME, voter_set(1, 2, 3, change=ADD_ME))
+    assert switch.to == VOTER and switch.pending
+    # It starts from the committed set, without itself: not a member until the leader adds it.
+    assert [v["node"] for v in switch.voters] == ["node1", "node2", "node3"]
+    other = {**ADD_ME, "node": "node5", "address": "10.0.0.5:7170"}
+    assert as_non_voter(ME, voter_set(1, 2, 3, change=other)) is None
+    assert as_non_voter(ME, voter_set(1, 2, 3, change={**ADD_ME, "op": "remove"})) is None
+
+
+def test_a_non_voter_already_in_the_set_starts_as_a_voter_and_a_plain_one_never_does():
+    switch = as_non_voter(ME, voter_set(1, 2, 4))
+    assert switch.to == VOTER and not switch.pending
+    plain = Me("node4", "", "", "key4")
+    assert as_non_voter(plain, voter_set(1, 2, 4, change=ADD_ME)) is None
+    assert as_non_voter(ME, voter_set(bootstrapped=False)) is None
+    assert as_non_voter(ME, None) is None
+
+
+def test_a_voter_goes_back_to_non_voter_only_once_caught_up():
+    removed = voter_set(1, 2, 3, last={"op": "remove", "node": "node4", "result": "committed",
+                                       "term": 5})
+    assert as_voter(ME, removed, caught_up=False, pending=False) is None
+    switch = as_voter(ME, removed, caught_up=True, pending=False)
+    assert switch.to == NON_VOTER and not switch.pending
+    assert switch.reason == "removed from the voter set (term 5)"
+    assert [v["node"] for v in switch.voters] == ["node1", "node2", "node3"]
+    assert as_voter(ME, voter_set(1, 2, 4), caught_up=True, pending=False) is None
+
+
+def test_a_candidate_waits_while_its_add_is_in_flight_and_leaves_when_aborted():
+    catching = voter_set(1, 2, 3, change=ADD_ME)
+    assert promoting_me(ME, catching)
+    assert as_voter(ME, catching, caught_up=True, pending=True) is None
+    assert as_voter(ME, voter_set(1, 2, 3, 4), caught_up=True, pending=True) is None  # promoted
+    aborted = voter_set(1, 2, 3, last={"op": "add", "node": "node4", "result": "aborted",
+                                       "reason": "did not catch up within 60 s", "term": 3,
+                                       "address": "10.0.0.4:7170"})
+    switch = as_voter(ME, aborted, caught_up=True, pending=True)
+    assert switch.to == NON_VOTER
+    assert switch.reason == "promotion aborted: did not catch up within 60 s"
+
+
+KEYS = ['6Dh>1]T/*wB24WZW*]UGy){}I0ML[F{%IDv)4%1<', 'NkIz@ym?%?57[]mjkC-LpcX)Kw.9fk(t-9kn#&mT',
+        '9zIE&8ZG4B.Q41A].]iPLrm5WLAjM}u=GwFLMNai']
+
+
+def config(tmp_path: Path, bind: str = "10.0.0.4:7170"):
+    return loads_config(f'''
+[node]
+name = "node4"
+state_dir = "{tmp_path}"
+[raft]
+voters = ["10.0.0.1:7170", "10.0.0.2:7170", "10.0.0.3:7170"]
+bind = "{bind}"
+[forward]
+endpoints = ["10.0.0.1:7171", "10.0.0.2:7171", "10.0.0.3:7171"]
+bind = "10.0.0.4:7171"
+[security]
+voter_keys = {KEYS!r}
+'''.replace("'", '"'))
+
+
+def test_without_a_saved_set_the_config_bootstraps(tmp_path: Path):
+    local = localfile.effective(config(tmp_path))
+    assert local.source == "config" and not local.pending
+    assert local.addresses == ["10.0.0.1:7170", "10.0.0.2:7170", "10.0.0.3:7170"]
+    assert [v["public_key"] for v in local.voters] == KEYS
+    run = localfile.run_config(config(tmp_path), local)
+    assert not run.is_voter and run.forward.endpoints == ["10.0.0.1:7171", "10.0.0.2:7171",
+                                                          "10.0.0.3:7171"]
+
+
+def test_the_saved_set_wins_over_the_config_with_a_warning(tmp_path: Path, caplog):
+    saved = (record(1), record(2), record(5))
+    localfile.save(tmp_path, saved)
+    with caplog.at_level(logging.WARNING):
+        local = localfile.effective(config(tmp_path))
+    assert local.source == "file" and local.addresses == [r["raft_address"] for r in saved]
+    assert "raft.voters in the config (10.0.0.1:7170, 10.0.0.2:7170, 10.0.0.3:7170) is not the " \
+           "voter set the log committed (10.0.0.1:7170, 10.0.0.2:7170, 10.0.0.5:7170" in caplog.text
+    run = localfile.run_config(config(tmp_path), local)
+    assert run.forward.endpoints == ["10.0.0.1:7171", "10.0.0.2:7171", "10.0.0.5:7171"]
+    assert run.security.voter_keys == ["key1", "key2", "key5"]
+    assert local.same_set([record(5), record(2), record(1)])
+
+
+def test_a_pending_candidate_runs_as_a_voter_whose_raft_partners_exclude_it(tmp_path: Path):
+    localfile.save(tmp_path, (record(1), record(2), record(3)), pending=True)
+    local = localfile.effective(config(tmp_path))
+    assert local.pending and "10.0.0.4:7170" not in local.addresses
+    run = localfile.run_config(config(tmp_path), local)
+    assert run.is_voter and run.forward_bind == "10.0.0.4:7171"
+
+
+def test_an_unreadable_saved_set_stops_start_up_with_the_fix(tmp_path: Path):
+    localfile.path_in(tmp_path).write_text("{not json")
+    with pytest.raises(VotersFileError, match="remove it to start from the config"):
+        localfile.effective(config(tmp_path))
+    localfile.path_in(tmp_path).write_text('{"format": 1, "voters": []}')
+    with pytest.raises(VotersFileError, match="no voters"):
+        localfile.load(tmp_path)
+    assert LocalVoters((record(1),)).addresses == ["10.0.0.1:7170"]
