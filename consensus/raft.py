@@ -22,7 +22,13 @@ What this module adds to pysyncobj 0.3.17, and where (``docs/raft.md`` has the r
   place that explains how this fits pysyncobj's ``Serializer``), and a compaction a crash
   interrupted is finished on start instead of pysyncobj clearing the journal;
 * ``socket.inet_ntop``, which importing pysyncobj breaks process-wide, is restored;
-* an isolated leader gives up after ``leader_fallback_timeout`` (pysyncobj's default is 30 s).
+* an isolated leader gives up after ``leader_fallback_timeout`` (pysyncobj's default is 30 s);
+* a voter campaigns only after a majority granted it a pre-vote (``consensus.prevote``), and
+  vote requests from nodes outside this node's cluster are dropped (``consensus.transport``);
+* membership changes (``add_member``/``remove_member``, one at a time) in a plain-data form,
+  the configuration at start taken from the log, a node that is not a member (joining or
+  removed) following the log without campaigning (``consensus.raft_members``), and the
+  committed voter set in snapshots.
 
 ``RaftNode`` must be constructed from a thread that outlives it (the daemon's main thread):
 pysyncobj's tick thread stops when the thread that created the SyncObj exits.
@@ -40,11 +46,14 @@ from typing import Any, Callable, TypeVar
 
 import msgpack
 import pysyncobj.syncobj as _pysyncobj_syncobj
+from pysyncobj.syncobj import _RAFT_STATE
 from pysyncobj import FAIL_REASON, SERIALIZER_STATE, SyncObj, SyncObjConf, replicated
 from pysyncobj.journal import Journal
 from pysyncobj.node import TCPNode
 
+from consensus import prevote
 from consensus.journal import DurableJournal, fsync_dir
+from consensus.raft_members import MEMBERSHIP, RaftMembers, encode_change, is_address
 from consensus.snapshot_file import SnapshotChild, SnapshotFileError, fork_snapshot, read_snapshot
 from consensus.state import ClusterState
 from consensus.transport import HagentTransport, install_restricted_unpickler
@@ -156,9 +165,12 @@ class _LogMachine(SyncObj):
                  conf: SyncObjConf, journal: DurableJournal | None) -> None:
         self._hagent_node = node
         self._hagent_transport: HagentTransport | None = None
+        self._hagent_prevote = prevote.PreVoteRound()
 
         def make_transport(sync_obj, self_node, other_nodes):
             transport = HagentTransport(sync_obj, self_node, other_nodes, journal=journal)
+            transport.on_pre_vote_message = self._hagent_pre_vote_message
+            transport.member = node._members.is_member
             self._hagent_transport = transport
             return transport
 
@@ -173,7 +185,91 @@ class _LogMachine(SyncObj):
         # work, and before the leader counts its own log toward the commit index.
         if self._hagent_transport is not None:
             self._hagent_transport.flush()
+        if self._hagent_node.self_address is not None:
+            self._hagent_before_election(time.monotonic())
         super()._onTick(timeToWait)
+
+    # --- elections: pre-vote first (consensus.prevote has the reasons) ----------------------
+    def _hagent_before_election(self, now: float) -> None:
+        """Runs before pysyncobj's tick, which campaigns once the election deadline passed:
+        push the deadline back unless this node is a member that won a pre-vote."""
+        if not self._hagent_node._members.is_member:
+            # Not in its latest configuration (joining, or removed): it never campaigns.
+            self._SyncObj__raftElectionDeadline = now + self.conf.raftMinTimeout
+            return
+        if (self._SyncObj__raftState == _RAFT_STATE.LEADER
+                or self._SyncObj__raftElectionDeadline >= now
+                or not self._SyncObj__connectedToAnyone()
+                or self._SyncObj__transferInProgress):
+            return
+        term = self.raftCurrentTerm + 1
+        round_ = self._hagent_prevote
+        if round_.may_campaign(term):
+            round_.used()
+            return  # pysyncobj campaigns in this tick
+        round_.start(term)
+        others = self._SyncObj__otherNodes
+        if round_.check(len(others) + 1):  # a cluster of one
+            round_.used()
+            return
+        self._SyncObj__raftElectionDeadline = now + self._SyncObj__generateRaftTimeout()
+        message = prevote.request(term, self._SyncObj__getCurrentLogIndex(),
+                                  self._SyncObj__getCurrentLogTerm())
+        for other in others:
+            self._hagent_transport.send(other, message)
+
+    def _hagent_pre_vote_message(self, sender, message: dict) -> None:
+        """A pre-vote or a pre-vote response (from consensus.transport, Raft thread)."""
+        others = self._SyncObj__otherNodes
+        transport = self._hagent_transport
+        if message.get("type") == prevote.PRE_VOTE_RESPONSE:
+            if sender in others and self._hagent_prevote.on_response(sender, message,
+                                                                     len(others) + 1):
+                self._SyncObj__raftElectionDeadline = 0.0  # campaign on the next tick
+            return
+        if self.selfNode is None:
+            return
+        if sender not in others:
+            transport.drop_vote_request(sender, message)
+            return
+        granted = prevote.grants(
+            message, sender_is_member=True, current_term=self.raftCurrentTerm,
+            last_log_index=self._SyncObj__getCurrentLogIndex(),
+            last_log_term=self._SyncObj__getCurrentLogTerm(), leads=self._isLeader(),
+            heard_leader_recently=time.monotonic() - transport.last_leader_contact
+            < self.conf.raftMinTimeout)
+        transport.send(sender, prevote.response(message, granted))
+
+    # --- membership (consensus.raft_members has the reasons) --------------------------------
+    def addNodeToCluster(self, node, callback=None) -> None:  # noqa: N802 (pysyncobj's API)
+        """pysyncobj's API (also behind its ``add`` utility message), in the plain form."""
+        self._applyCommand(encode_change("add", getattr(node, "id", node)), callback, MEMBERSHIP)
+
+    def removeNodeFromCluster(self, node, callback=None) -> None:  # noqa: N802
+        self._applyCommand(encode_change("rem", getattr(node, "id", node)), callback, MEMBERSHIP)
+
+    def _SyncObj__changeCluster(self, request) -> bool:  # noqa: N802
+        # The leader, about to append a membership entry. pysyncobj 0.3.17 never sets its
+        # own one-change-at-a-time marker (__changeClusterIDx), so refuse here while a change
+        # is in the log but not applied; queued or forwarded changes all pass this point.
+        if self._hagent_node._members.in_flight:
+            return False
+        return SyncObj._SyncObj__changeCluster(self, request)
+
+    def _SyncObj__doChangeCluster(self, request, reverse: bool = False) -> bool:  # noqa: N802
+        # Appended (or, reverse, cut): pysyncobj changes its partners; we track this node.
+        changed = SyncObj._SyncObj__doChangeCluster(self, request, reverse)
+        self._hagent_node._on_log_change(request, reverse)
+        return changed
+
+    def _SyncObj__doApplyCommand(self, command: bytes):  # noqa: N802
+        # A membership entry at commit: pysyncobj would apply it to its partners again "for
+        # the restart case"; the start configuration already has every entry of the journal
+        # (consensus.raft_members), so only the committed set moves.
+        if command[:1] == bytes([MEMBERSHIP]):
+            self._hagent_node._on_membership_applied(command, self._SyncObj__raftLastApplied + 1)
+            return None
+        return SyncObj._SyncObj__doApplyCommand(self, command)
 
 
 # --- RaftNode ---------------------------------------------------------------------------------
@@ -184,19 +280,35 @@ class RaftNode:
     ``options`` is ``hagent.config.RaftConfig`` (or anything with its attributes). The
     ``state`` object is owned by the node from now on: installing a snapshot replaces it, so
     always go through ``read()``.
+
+    Membership (docs/raft.md, "Membership changes")::
+
+        RaftNode(*, self_address, voters, state_dir, password, options, state, node_name,
+                 on_role_change=None, voters_index=0)
+            # voters: the voter set as last known (config, or voters.json valid at raft
+            # index voters_index); the log overrides it. self_address not in the log's set:
+            # a voter that is not a member (joining or removed): binds, follows the log as
+            # a read-only peer of the voters, proposes through them, never campaigns.
+        .add_member(address, callback)     # callback(ok: bool, error: str | None)
+        .remove_member(address, callback)  # leader only, one change at a time
+        .cluster_members() -> list[str]    # latest configuration in the log (self if member)
+        .committed_members() -> list[str]  # as of the last applied entry
+        .is_member() -> bool
+        .leader_commit_index() -> int      # the leader's commit index as last heard
+        .applied_index() -> int
+        .add_membership_observer(fn)       # fn(members: list[str], index: int), Raft thread
     """
 
     def __init__(self, *, self_address: str | None, voters: list[str], state_dir: Path,
                  password: str, options: Any, state: ClusterState, node_name: str,
-                 on_role_change: Callable[[str, str, int], None] | None = None) -> None:
+                 on_role_change: Callable[[str, str, int], None] | None = None,
+                 voters_index: int = 0) -> None:
         if not password:
             raise RaftError("the cluster secret is empty: Raft traffic must be encrypted; "
                             "put a secret in raft.secret_file")
-        if self_address is not None and self_address not in voters:
-            raise RaftError(f"{self_address} is not one of the voters {voters}; a voter's "
-                            f"raft.bind must appear in raft.voters")
         self.node_name = node_name
         self.self_address = self_address
+        #: The voters given at construction (the log's set is ``cluster_members()``).
         self.voters = list(voters)
         self.options = options
         self.state_dir = Path(state_dir)
@@ -209,6 +321,8 @@ class RaftNode:
         #: Called as fn(command, result) after each committed command is applied here (Raft
         #: thread). A tuple replaced whole, so apply reads it without a lock.
         self._apply_observers: tuple[Callable[[dict, dict], None], ...] = ()
+        #: Called as fn(members, index) when the committed voter set changes (Raft thread).
+        self._membership_observers: tuple[Callable[[list[str], int], None], ...] = ()
         #: Set (with a reason) when the node stopped itself because it cannot continue
         #: safely; status() reports it and the daemon should exit.
         self.fatal_error: str | None = None
@@ -240,6 +354,10 @@ class RaftNode:
             if dropped:
                 log.warning("finished an interrupted compaction: dropped %d journal entries "
                             "covered by the snapshot at index %d", dropped, self.snapshot_index)
+        self._members = self._start_members(voters, voters_index, doc)
+        #: pysyncobj's first load of the snapshot found at start keeps the start
+        #: configuration; later loads (streamed by the leader) replace it.
+        self._start_load_pending = doc is not None
         conf = SyncObjConf(
             password=password,
             autoTick=True,
@@ -262,11 +380,10 @@ class RaftNode:
             logCompactionMinTime=options.compaction_min_time,
             commandsQueueSize=COMMANDS_QUEUE_SIZE,
             commandsWaitLeader=True,
-            dynamicMembershipChange=False,
+            dynamicMembershipChange=True,
             onStateChanged=self._on_state_changed,
         )
-        partners = [v for v in self.voters if v != self_address]
-        self._voter_nodes = {v: TCPNode(v) for v in partners}
+        partners = self._members.others()
         # The journal goes to the transport even with fsync off: holding messages until the
         # tick's end is also what lets it coalesce them (docs/raft.md, throughput).
         self._machine = _LogMachine(self, self_address, partners, conf, self._journal)
@@ -278,8 +395,35 @@ class RaftNode:
                 raise RaftError(f"cannot bind the Raft address {self_address}: is another "
                                 f"agent running, or is the address not on this host?") from exc
         log.info("raft %s started: voters %s, state in %s, fsync %s",
-                 "voter " + self_address if self_address else "replica", ", ".join(self.voters),
-                 self.state_dir, "on" if options.fsync else "OFF")
+                 "voter " + self_address if self_address else "replica",
+                 ", ".join(sorted(self._members.latest)), self.state_dir,
+                 "on" if options.fsync else "OFF")
+        if self_address is not None and not self._members.is_member:
+            log.warning("raft: %s is not a member of the voter set %s (joining, or removed): "
+                        "it follows the log as a read-only peer of the voters and does not "
+                        "campaign until a membership change adds it", self_address,
+                        ", ".join(sorted(self._members.latest)))
+
+    def _start_members(self, voters: list[str], voters_index: int,
+                       doc: dict | None) -> RaftMembers:
+        """The configuration at start: the latest in the log (consensus.raft_members).
+
+        The base is ``voters`` (valid at ``voters_index``: 0 for the bootstrap voters of the
+        config, a voters.json's index) or the snapshot's cluster, whichever is valid at the
+        higher index; then every membership entry after it in the journal."""
+        base, index, source = list(voters), voters_index, "the voters given"
+        if doc is not None:
+            cluster = [a for a in doc["cluster"] if is_address(a)]
+            if cluster and doc["last_entry"][1] >= voters_index:
+                base, index, source = cluster, doc["last_entry"][1], "the snapshot"
+        journal = (self._journal[i] for i in range(len(self._journal)))
+        members = RaftMembers(self.self_address, base, index, journal)
+        if members.latest != frozenset(voters):
+            log.warning("raft: the log's voter set %s (%s at index %d, then the journal) "
+                        "differs from the voters given %s; following the log",
+                        ", ".join(sorted(members.latest)), source, index,
+                        ", ".join(sorted(voters)))
+        return members
 
     # --- the API ---------------------------------------------------------------------------
     def propose(self, command: dict, callback: Callable[[dict | None, str | None], None]) -> None:
@@ -321,6 +465,86 @@ class RaftNode:
     def remove_apply_observer(self, fn: Callable[[dict, dict], None]) -> None:
         self._apply_observers = tuple(f for f in self._apply_observers if f is not fn)
 
+    # --- membership ----------------------------------------------------------------------------
+    def add_member(self, address: str, callback: Callable[[bool, str | None], None]) -> None:
+        """Make voter ``address`` a member of the Raft cluster (a pysyncobj membership entry).
+
+        It counts toward quorum from the moment the leader appends the entry, so add only a
+        node that runs as a voter (``self_address`` = ``address``) and has caught up: until
+        then it follows the log as a read-only peer of the voters. Leader only; one change
+        at a time (in flight until its entry is applied here).
+
+        ``callback(True, None)`` once the entry is committed and applied here, in the Raft
+        thread. ``callback(False, reason)`` otherwise: at once, in the caller's thread, for
+        NOT_LEADER, CHANGE_IN_FLIGHT, ALREADY_MEMBER or a bad address; later for a pysyncobj
+        reason (REQUEST_DENIED: another change got in first or this leader has not committed
+        an entry of its term yet, retry; LEADER_CHANGED, DISCARDED, ...: look at
+        ``cluster_members()`` before retrying).
+        """
+        self._change_member("add", address, callback)
+
+    def remove_member(self, address: str, callback: Callable[[bool, str | None], None]) -> None:
+        """Remove voter ``address`` from the Raft cluster; as ``add_member`` (NOT_MEMBER
+        instead of ALREADY_MEMBER; the leader cannot remove itself). It stops counting toward
+        quorum when the leader appends the entry. A removed node that still runs follows the
+        log as a read-only peer, applies its removal and stops campaigning."""
+        self._change_member("rem", address, callback)
+
+    def cluster_members(self) -> list[str]:
+        """The latest configuration in this node's log, as Raft uses it (a change counts from
+        when it is appended): this node (if a member) and pysyncobj's other nodes."""
+        return sorted(self._members.latest)
+
+    def committed_members(self) -> list[str]:
+        """The voter set as of the last entry applied here (what voters.json holds)."""
+        return sorted(self._members.committed)
+
+    def is_member(self) -> bool:
+        """This node votes: it is in its latest configuration (False on replicas)."""
+        return self._members.is_member
+
+    def leader_commit_index(self) -> int:
+        """The leader's commit index as this node last heard it (its own, on the leader);
+        0 before it heard any leader."""
+        return getattr(self._machine, "_SyncObj__leaderCommitIndex", None) or 0
+
+    def applied_index(self) -> int:
+        """The Raft index of the last entry applied to the state here."""
+        return self._machine.raftLastApplied
+
+    def add_membership_observer(self, fn: Callable[[list[str], int], None]) -> None:
+        """Call ``fn(members, index)`` when the committed voter set changes here (an applied
+        membership entry at ``index``, or a snapshot from the leader), in the Raft thread:
+        e.g. a node that finds itself added or removed switches role. Keep it quick."""
+        self._membership_observers = (*self._membership_observers, fn)
+
+    def remove_membership_observer(self, fn: Callable[[list[str], int], None]) -> None:
+        self._membership_observers = tuple(f for f in self._membership_observers
+                                           if f is not fn)
+
+    def _change_member(self, kind: str, address: str,
+                       callback: Callable[[bool, str | None], None]) -> None:
+        refusal = None if self._machine._isLeader() else "NOT_LEADER"
+        refusal = refusal or self._members.refusal(kind, address)
+        if refusal is not None:
+            callback(False, refusal)
+            return
+
+        def done(result: Any, reason: int) -> None:
+            ok = reason == FAIL_REASON.SUCCESS
+            name = None if ok else _FAIL_NAMES.get(reason, str(reason))
+            if name == "REQUEST_DENIED":
+                name = ("REQUEST_DENIED: another membership change is in flight, or the leader "
+                        "has not committed an entry of its term yet")
+            log.info("raft membership change %s %s: %s", kind, address, name or "committed")
+            try:
+                callback(ok, name)
+            except Exception:
+                log.exception("membership change callback raised")
+
+        log.info("raft membership change %s %s proposed", kind, address)
+        self._machine._applyCommand(encode_change(kind, address), done, MEMBERSHIP)
+
     def read(self, fn: Callable[[ClusterState], T]) -> T:
         """``fn(state)`` under the lock apply holds; safe from any thread. Keep fn short."""
         with self._lock:
@@ -331,13 +555,9 @@ class RaftNode:
         m = self._machine
         leader = m._getLeader()
         leader_commit = getattr(m, "_SyncObj__leaderCommitIndex", None)
-        voters = []
-        for address in self.voters:
-            if address == self.self_address:
-                reachable = True
-            else:
-                reachable = m.isNodeConnected(self._voter_nodes[address])
-            voters.append({"address": address, "reachable": reachable})
+        members = self._members
+        voters = [{"address": address, "reachable": address == self.self_address
+                   or m.isNodeConnected(TCPNode(address))} for address in sorted(members.latest)]
         transport = m._hagent_transport
         return {
             "role": self._role,
@@ -350,6 +570,9 @@ class RaftNode:
             "leader_commit_index": leader_commit,
             "log_size": m._getRaftLogSize(),
             "voters": voters,
+            "member": members.is_member,
+            "committed_voters": sorted(members.committed),
+            "membership_in_flight": members.in_flight,
             "ready": leader is not None and m.isReady() and self.fatal_error is None,
             "fsync": bool(self.options.fsync),
             "durable_index": self._journal.durable_index,
@@ -359,6 +582,7 @@ class RaftNode:
             "snapshot_failures": self.snapshot_failures,
             "rejected_connections": (transport.rejected_frames + transport.unauthenticated_drops)
             if transport else 0,
+            "vote_requests_dropped": transport.vote_requests_dropped if transport else 0,
             "error": self.fatal_error,
         }
 
@@ -391,6 +615,39 @@ class RaftNode:
                     log.exception("apply observer raised")
         return result
 
+    def _on_log_change(self, request: Any, reverse: bool) -> None:
+        was = self._members.is_member
+        self._members.on_log_change(request, reverse,
+                                    (n.id for n in self._machine._SyncObj__otherNodes))
+        self._sync_transport_member()
+        if was != self._members.is_member:
+            log.warning("raft: %s is %s the latest voter set %s", self.self_address,
+                        "now in" if self._members.is_member else "no longer in",
+                        ", ".join(sorted(self._members.latest)))
+
+    def _sync_transport_member(self) -> None:
+        transport = self._machine._hagent_transport
+        if transport is not None:
+            transport.member = self._members.is_member
+
+    def _on_membership_applied(self, command: bytes, index: int) -> None:
+        try:
+            changed = self._members.on_commit(command, index)
+        except ValueError as exc:
+            log.error("membership entry %d cannot be read (%s); ignored", index, exc)
+            return
+        if changed:
+            self._committed_members_changed(index)
+
+    def _committed_members_changed(self, index: int) -> None:
+        members = sorted(self._members.committed)
+        log.info("raft voter set committed at index %d: %s", index, ", ".join(members))
+        for fn in self._membership_observers:
+            try:
+                fn(members, index)
+            except Exception:
+                log.exception("membership observer raised")
+
     def _on_state_changed(self, old: int, new: int) -> None:
         old_name, new_name = _ROLES.get(old, str(old)), _ROLES.get(new, str(new))
         if self.self_address is not None:
@@ -420,10 +677,13 @@ class RaftNode:
         Runs in the Raft thread, the only thread that changes the state, between two
         applies: the child's copy-on-write image is consistent without the state lock.
         """
-        last_entry, prev_entry, cluster = raft_data
+        last_entry, prev_entry, _latest = raft_data
         try:
+            # The committed voter set as of the snapshot's last entry (the last one applied),
+            # not pysyncobj's latest configuration: an appended, uncommitted change may yet be
+            # cut, and the journal after the snapshot still holds it.
             self._snapshot_child = fork_snapshot(
-                path, last_entry, prev_entry, [getattr(n, "id", str(n)) for n in cluster],
+                path, last_entry, prev_entry, sorted(self._members.committed),
                 self._state.to_snapshot, fsync=bool(self.options.fsync))
         except OSError as exc:
             self._snapshot_fork_error = f"cannot fork the snapshot writer: {exc}"
@@ -489,7 +749,16 @@ class RaftNode:
         self._snapshot_loads += 1
         self.snapshot_index = doc["last_entry"][1]
         log.info("snapshot loaded at index %d", doc["last_entry"][1])
-        return doc["last_entry"], doc["prev_entry"], [TCPNode(a) for a in doc["cluster"]]
+        if self._start_load_pending:
+            # The file found at start: keep the start configuration (snapshot + journal).
+            self._start_load_pending = False
+        else:
+            if self._members.on_snapshot(doc["cluster"], doc["last_entry"][1]):
+                self._committed_members_changed(doc["last_entry"][1])
+            self._sync_transport_member()
+        # pysyncobj makes its partners this list (less this node).
+        return (doc["last_entry"], doc["prev_entry"],
+                [TCPNode(a) for a in sorted(self._members.latest)])
 
     def _halt(self, reason: str) -> None:
         """Stop participating: send nothing more, stop the tick thread, report why."""

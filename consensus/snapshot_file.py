@@ -8,7 +8,7 @@ pysyncobj's ``serializer``/``deserializer`` hooks instead, so the file holds
         "format": SNAPSHOT_FILE_FORMAT,
         "last_entry": [idx, term, command bytes],   # the last entry the state includes
         "prev_entry": [idx, term, command bytes],   # the one before it (pysyncobj keeps both)
-        "cluster": [voter addresses],
+        "cluster": [voter addresses],               # committed as of last_entry
         "state": ClusterState.to_snapshot(),        # plain data with its own "format"
     }
 

@@ -1,7 +1,8 @@
-"""pysyncobj's TCP transport, made safe for hagent: bounded frames, plain-data pickles, and no
-message leaving before the journal changes it reflects are on disk.
+"""pysyncobj's TCP transport, made safe for hagent: bounded frames, plain-data pickles, no
+message leaving before the journal changes it reflects are on disk, and links to voters that
+are not (or no longer) members.
 
-Three things pysyncobj 0.3.17 does not do, each done here in one place:
+Four things pysyncobj 0.3.17 does not do, each done here in one place:
 
 1. **Sync before send** (``HagentTransport.send``/``flush``). While the journal has unsynced
    changes, outgoing messages are queued instead of written; ``flush()`` syncs the journal once
@@ -21,17 +22,39 @@ Three things pysyncobj 0.3.17 does not do, each done here in one place:
    cluster secret, so a single compromised compute node could otherwise run code on every
    voter. The restricted unpickler only builds plain values (dict, list, tuple, str, bytes,
    numbers, bool, None, set) and raises on anything that names a class or function.
+4. **Links to non-members** (``HagentTransport``, "links" below). pysyncobj drops a connection
+   from an address that is not one of its nodes, and of two nodes only the one with the
+   larger address dials. A voter that is joining (not yet added) or was removed is not a node
+   of the members, so nobody would send it the log: it could not catch up before its add,
+   nor learn its removal. Here (a) a member serves an unknown address as a read-only peer
+   (as it serves replicas: the log, and proposals forwarded to the leader), remembering the
+   address; (b) a voter dials a partner with a larger address itself when that partner has
+   not connected for ``FALLBACK_DIAL_AFTER`` (it does not know this node); (c) when the
+   member then adds that address, the read-only link becomes the member's link if the peer
+   is the one that dials by pysyncobj's rule, else it is dropped and the member dials; (d) a
+   member refuses a known node's dial against the rule (its own dial is the link).
+
+And the **vote guard** (``_onMessageReceived``): a vote request (or pre-vote, or vote) from a
+node outside this node's current cluster (pysyncobj's partners, the latest configuration in
+its log) is dropped and counted (``vote_requests_dropped``). pysyncobj would grant it or at
+least adopt its term, deposing the leader; a removed voter, or one restarted with a stale
+voter list, must not disrupt the cluster it is no longer part of. Pre-votes
+(``consensus.prevote``) are handed to ``on_pre_vote_message``.
 """
 from __future__ import annotations
 
+import functools
 import io
 import logging
+import os
 import pickle
 import struct
 import time
 from typing import Any, Callable
 
 import pysyncobj.pickle as pysyncobj_pickle
+from consensus.prevote import PRE_VOTE, PRE_VOTE_RESPONSE
+from pysyncobj.node import TCPNode
 from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
 from pysyncobj.transport import TCPTransport
 
@@ -49,6 +72,12 @@ _READ_SOFT_LIMIT = 1024 * 1024
 #: At most one "dropped a connection" warning per this many seconds (an attacker must not
 #: be able to flood the journal).
 _WARN_INTERVAL = 10.0
+#: A member dials a partner with a larger address (pysyncobj leaves that to the partner) once
+#: the partner has not connected for this long (s): it does not know this node as a member
+#: (a removal this node has not heard of). Between members the partner's own dial comes
+#: within a tick, so this does not fire. A voter that knows it is not a member (joining,
+#: removed) dials every partner at once: nobody would dial it.
+FALLBACK_DIAL_AFTER = 1.0
 
 # --- 3. restricted unpickler ----------------------------------------------------------------
 
@@ -88,8 +117,9 @@ def install_restricted_unpickler() -> None:
 
     pysyncobj's modules call ``pysyncobj.pickle.loads``/``load`` through the module object, so
     replacing the two functions there covers the connection parser, command application and
-    chunked entries. Idempotent. Consequence: dynamic membership changes (which pickle Node
-    objects) are unavailable; hagent does not use them.
+    chunked entries. Idempotent. Consequence: pysyncobj's own membership entries (which
+    pickle Node objects) cannot be read; hagent writes them as ``[kind, address]``
+    (``consensus.raft_members``).
     """
     pysyncobj_pickle.loads = restricted_loads
     pysyncobj_pickle.load = restricted_load
@@ -207,6 +237,22 @@ class HagentTransport(TCPTransport):
         self.acks_ahead_of_disk = 0
         #: Number of flushes that synced the journal.
         self.syncing_flushes = 0
+        # Links (module docstring, 4): read-only peers that announced a voter address, our own
+        # dials to partners with a larger address, since when each such partner has had no
+        # link, and when we last dialed it.
+        self._peer_addresses: dict[Any, str] = {}
+        self._peers_logged: set[str] = set()
+        self._dialed: dict[TCPNode, TcpConnection] = {}
+        self._unlinked_since: dict[TCPNode, float] = {}
+        self._last_dial: dict[TCPNode, float] = {}
+        #: Vote requests, votes and pre-votes dropped because the sender is not a member here.
+        self.vote_requests_dropped = 0
+        #: When (monotonic) an append-entries of this node's term or later last arrived.
+        self.last_leader_contact = 0.0
+        #: fn(sender, message) for pre-votes and their responses (consensus.raft).
+        self.on_pre_vote_message: Callable[[Any, dict], None] | None = None
+        #: Whether this node is in its latest configuration (kept by consensus.raft).
+        self.member = True
         super().__init__(syncObj, selfNode, otherNodes)
 
     # -- sync before send
@@ -251,6 +297,7 @@ class HagentTransport(TCPTransport):
     def _onTick(self) -> None:  # noqa: N802 (pysyncobj's name)
         self.flush()
         super()._onTick()
+        self._dial_unlinked()
 
     # -- frame caps and logging of refused peers
     def _cap(self, conn) -> None:
@@ -265,10 +312,75 @@ class HagentTransport(TCPTransport):
         super()._onNewIncomingConnection(conn)
 
     def addNode(self, node) -> None:  # noqa: N802
+        """A node joins the cluster (at start, or a membership entry was appended)."""
         super().addNode(node)
         conn = self._connections.get(node)
         if conn is not None:
             self._cap(conn)
+        peer = next((p for p, a in self._peer_addresses.items() if a == node.address), None)
+        if peer is None:
+            return
+        del self._peer_addresses[peer]
+        conn = self._connections.get(peer)
+        if conn is None or conn.state != CONNECTION_STATE.CONNECTED:
+            return
+        if self._dials(node):
+            conn.disconnect()  # (c) our own dial replaces its read-only link
+            return
+        # (c) it dials us by pysyncobj's rule: its read-only link becomes the member's link.
+        self._connections.pop(peer, None)
+        self._readonlyNodes.discard(peer)
+        self._onReadonlyNodeDisconnected(peer)
+        self._connections[node] = conn
+        conn.setOnMessageReceivedCallback(functools.partial(self._onMessageReceived, node))
+        self._onNodeConnected(node)
+        log.info("raft: %s is a member now; its read-only link carries on as its link",
+                 node.address)
+
+    def dropNode(self, node) -> None:  # noqa: N802
+        """A node leaves the cluster (a membership entry was appended) or the transport stops."""
+        dialed = self._dialed.pop(node, None)
+        if dialed is not None and self._connections.get(node) is not dialed:
+            self._close_quietly(dialed)
+        self._unlinked_since.pop(node, None)
+        self._last_dial.pop(node, None)
+        super().dropNode(node)
+
+    def destroy(self) -> None:
+        for conn in list(self._dialed.values()):
+            self._close_quietly(conn)
+        self._dialed.clear()
+        super().destroy()
+
+    def _onIncomingMessageReceived(self, conn, message) -> None:  # noqa: N802
+        # Only the node's first message after the handshake (its address) is handled here.
+        if (self._syncObj.encryptor and not conn.sendRandKey) or not isinstance(message, str) \
+                or message == "readonly":
+            super()._onIncomingMessageReceived(conn, message)
+            return
+        node = self._nodeAddrToNode.get(message)
+        if node is None:
+            # (a) Not one of our nodes: a joining or removed voter. Serve it as pysyncobj
+            # serves a replica; the log tells it what it is.
+            super()._onIncomingMessageReceived(conn, "readonly")
+            peer = self._connToNode(conn)
+            if peer is not None:
+                self._peer_addresses[peer] = message
+                if message not in self._peers_logged:
+                    self._peers_logged.add(message)
+                    log.info("raft: %s connected but is not a member here; serving it the log "
+                             "as a read-only peer", message)
+            return
+        if self._dials(node):
+            # (d) A known node dialing against pysyncobj's rule (it did not know it was a
+            # member here yet): our own dial is its link.
+            self._unknownConnections.discard(conn)
+            conn.disconnect()
+            return
+        dialed = self._dialed.pop(node, None)
+        if dialed is not None:
+            self._close_quietly(dialed)  # its dial is the link (pysyncobj's rule)
+        super()._onIncomingMessageReceived(conn, message)
 
     def _onDisconnected(self, conn) -> None:  # noqa: N802
         if conn in self._unknownConnections:
@@ -276,7 +388,120 @@ class HagentTransport(TCPTransport):
             peer = getattr(conn, "_hagent_peer", "?")
             self._warn("dropped an unauthenticated Raft connection from %s (bad handshake, "
                        "wrong cluster secret, or not a Raft peer)", peer)
+        node = self._connToNode(conn)
         super()._onDisconnected(conn)
+        if node is not None and not isinstance(node, TCPNode):
+            # A read-only peer left; pysyncobj would keep its dead connection forever.
+            self._peer_addresses.pop(node, None)
+            if self._connections.get(node) is conn:
+                del self._connections[node]
+
+    # -- the vote guard
+    def _onMessageReceived(self, node, message) -> None:  # noqa: N802
+        if isinstance(message, dict):
+            kind = message.get("type")
+            if kind in (PRE_VOTE, PRE_VOTE_RESPONSE):
+                if self.on_pre_vote_message is not None:
+                    self.on_pre_vote_message(node, message)
+                return
+            if kind in ("request_vote", "response_vote") \
+                    and node not in self._syncObj._SyncObj__otherNodes:
+                self.drop_vote_request(node, message)
+                return
+            if kind == "append_entries" \
+                    and message.get("term", -1) >= self._syncObj.raftCurrentTerm:
+                self.last_leader_contact = time.monotonic()
+        super()._onMessageReceived(node, message)
+
+    def drop_vote_request(self, node, message: dict) -> None:
+        """Count and (rate-limited) log a vote message from a node not in this cluster."""
+        self.vote_requests_dropped += 1
+        sender = self._peer_addresses.get(node) or getattr(node, "id", "?")
+        self._warn("dropped a %s (term %s) from %s: not a member of this node's voter set (a "
+                   "removed voter, or one not added yet); it must not change the term",
+                   message.get("type"), message.get("term"), sender)
+
+    # -- (b) dialing partners that do not dial us
+    def _dials(self, node) -> bool:
+        """pysyncobj's rule: of two nodes, the one with the larger address dials."""
+        return not self._selfIsReadonlyNode and self._selfNode.address > node.address
+
+    def _dial_unlinked(self) -> None:
+        if self._selfIsReadonlyNode or self._halted:
+            return
+        now = time.monotonic()
+        for node in list(self._nodes):
+            if self._dials(node):
+                continue
+            conn = self._connections.get(node)
+            if conn is not None and conn.state != CONNECTION_STATE.DISCONNECTED:
+                self._unlinked_since.pop(node, None)
+                continue
+            if now - self._unlinked_since.setdefault(node, now) < FALLBACK_DIAL_AFTER \
+                    and self.member:
+                continue
+            dialed = self._dialed.get(node)
+            if dialed is not None and dialed.state != CONNECTION_STATE.DISCONNECTED:
+                continue
+            if now - self._last_dial.get(node, 0.0) < self._syncObj.conf.connectionRetryTime:
+                continue
+            self._last_dial[node] = now
+            self._dial(node)
+
+    def _dial(self, node: TCPNode) -> None:
+        conf = self._syncObj.conf
+        conn = CappedConnection(poller=self._syncObj._poller, timeout=conf.connectionTimeout,
+                                sendBufferSize=conf.sendBufferSize,
+                                recvBufferSize=conf.recvBufferSize, keepalive=conf.tcp_keepalive)
+        conn.encryptor = self._syncObj.encryptor
+        conn.on_rejected = self._on_rejected
+        conn._hagent_peer = node.address
+        conn.setOnConnectedCallback(functools.partial(self._dial_connected, node, conn))
+        conn.setOnDisconnectedCallback(functools.partial(self._dial_lost, node, conn))
+        self._dialed[node] = conn
+        conn.connect(node.ip, node.port)
+
+    def _dial_connected(self, node: TCPNode, conn: TcpConnection) -> None:
+        # As pysyncobj's _onOutgoingConnected / _onOutgoingMessageReceived: key exchange,
+        # then our address, then the link is the node's.
+        if self._syncObj.encryptor:
+            conn.setOnMessageReceivedCallback(
+                functools.partial(self._dial_handshake, node, conn))
+            conn.recvRandKey = os.urandom(32)
+            conn.send(conn.recvRandKey)
+        else:
+            conn.send(self._selfNode.address)
+            self._adopt(node, conn)
+
+    def _dial_handshake(self, node: TCPNode, conn: TcpConnection, message) -> None:
+        if not conn.sendRandKey:
+            conn.sendRandKey = message
+            conn.send(self._selfNode.address)
+        self._adopt(node, conn)
+
+    def _adopt(self, node: TCPNode, conn: TcpConnection) -> None:
+        current = self._connections.get(node)
+        if current is not None and current is not conn \
+                and current.state == CONNECTION_STATE.CONNECTED:
+            self._dialed.pop(node, None)
+            self._close_quietly(conn)  # the node dialed us meanwhile: its link wins
+            return
+        self._connections[node] = conn
+        conn.setOnMessageReceivedCallback(functools.partial(self._onMessageReceived, node))
+        self._onNodeConnected(node)
+
+    def _dial_lost(self, node: TCPNode, conn: TcpConnection) -> None:
+        if self._dialed.get(node) is conn:
+            del self._dialed[node]
+        if self._connections.get(node) is conn:
+            del self._connections[node]
+            self._unlinked_since[node] = time.monotonic()
+            self._onNodeDisconnected(node)
+
+    @staticmethod
+    def _close_quietly(conn: TcpConnection) -> None:
+        conn.setOnDisconnectedCallback(None)
+        conn.disconnect()
 
     def _on_rejected(self, conn: CappedConnection, reason: str) -> None:
         self.rejected_frames += 1
