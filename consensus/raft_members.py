@@ -59,7 +59,11 @@ def decode_change(command: bytes) -> tuple[str, str] | None:
     a membership entry hagent cannot read (e.g. pysyncobj's own form with a pickled node)."""
     if command[:1] != _MEMBERSHIP_BYTE:
         return None
-    return parse_request(restricted_loads(command[1:]))
+    try:
+        request = restricted_loads(command[1:])
+    except Exception as exc:  # UnsafePickleError, or not a pickle at all
+        raise ValueError(f"unreadable membership entry: {exc}") from None
+    return parse_request(request)
 
 
 def parse_request(request: Any) -> tuple[str, str]:

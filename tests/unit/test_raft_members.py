@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 
 import pytest
+from pysyncobj.node import TCPNode
 
 from consensus import prevote
 from consensus.raft_members import RaftMembers, decode_change, encode_change
@@ -27,10 +28,11 @@ def test_entries_are_plain_data_and_pysyncobjs_own_form_is_refused():
     with pytest.raises(ValueError):
         encode_change("swap", D)
 
-    class Node:  # what pysyncobj's addNodeToCluster would pickle
-        pass
-    with pytest.raises(Exception):
-        decode_change(MEMBERSHIP + pickle.dumps(["add", D, Node()], protocol=2))
+    # what pysyncobj's own addNodeToCluster writes: a pickled TCPNode
+    with pytest.raises(ValueError, match="refusing to unpickle global pysyncobj.node.TCPNode"):
+        decode_change(MEMBERSHIP + pickle.dumps(["add", D, TCPNode(D)], protocol=2))
+    with pytest.raises(ValueError, match="not a membership change"):
+        decode_change(MEMBERSHIP + pickle.dumps(["swap", D], protocol=2))
 
 
 def test_start_configuration_is_the_latest_in_the_log_from_the_base():
