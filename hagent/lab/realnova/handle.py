@@ -336,8 +336,8 @@ def _read_record(directory: Path, missing_ok: bool = False) -> dict[str, Any] | 
     except FileNotFoundError:
         if missing_ok:
             return None
-        raise RealNovaError(f"no real Nova lab recorded in {path} (start one with "
-                            f"python -m hagent.lab.realnova --dir {directory} --hosts ...)") from None
+        raise RealNovaError(f"no real Nova lab recorded in {path} (start one with python -m "
+                            f"hagent.lab.realnova --dir {directory} --hosts ...)") from None
     except ValueError as exc:
         if missing_ok:
             return None  # being replaced

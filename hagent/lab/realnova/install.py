@@ -116,8 +116,10 @@ def _ensure_debian(base: Path) -> float:
         POLICY_RC.chmod(0o755)
     try:
         with open(logfile, "ab") as out:
-            for argv in (["apt-get", "update"],
-                         ["apt-get", "install", "-y", "--no-install-recommends", *missing]):
+            # Wait for a dpkg lock another apt-get holds instead of failing at once.
+            apt = ["apt-get", "-o", "DPkg::Lock::Timeout=300"]
+            for argv in ([*apt, "update"],
+                         [*apt, "install", "-y", "--no-install-recommends", *missing]):
                 rc = subprocess.call(argv, stdin=subprocess.DEVNULL, stdout=out,
                                      stderr=subprocess.STDOUT, env=env)
                 if rc != 0:

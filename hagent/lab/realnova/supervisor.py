@@ -7,8 +7,8 @@ Run as ``python -m hagent.lab.realnova --dir DIR --hosts a,b,c [--lab-dir D] [--
 ``DIR/realnova.json`` as it goes (``ready`` turns true at READY), so the lab can be stopped
 from any process, also if this one died (``RealNova.stop``).
 
-Control socket (``DIR/realnova/run/control.sock``, ``layout.py``): one JSON object per line, one answer per
-line, ``{"ok": true, ...}`` or ``{"ok": false, "error": ...}``. Requests (``cmd``):
+Control socket (``DIR/realnova/run/control.sock``, ``layout.py``): one JSON object per line,
+one answer per line, ``{"ok": true, ...}`` or ``{"ok": false, "error": ...}``. Requests (``cmd``):
 ``compute`` (``host``, ``action`` stop/start), ``power`` (``host``, ``action`` off/on),
 ``status``.
 """
