@@ -51,7 +51,7 @@ from pysyncobj import FAIL_REASON, SERIALIZER_STATE, SyncObj, SyncObjConf, repli
 from pysyncobj.journal import Journal
 from pysyncobj.node import TCPNode
 
-from consensus import prevote
+from consensus import prevote, voterfile
 from consensus.journal import DurableJournal, fsync_dir
 from consensus.raft_members import MEMBERSHIP, RaftMembers, encode_change, is_address
 from consensus.snapshot_file import SnapshotChild, SnapshotFileError, fork_snapshot, read_snapshot
@@ -284,9 +284,11 @@ class RaftNode:
     Membership (docs/raft.md, "Membership changes")::
 
         RaftNode(*, self_address, voters, state_dir, password, options, state, node_name,
-                 on_role_change=None, voters_index=0)
+                 on_role_change=None, voters_index=0, voters_file=None)
             # voters: the voter set as last known (config, or voters.json valid at raft
-            # index voters_index); the log overrides it. self_address not in the log's set:
+            # index voters_index: consensus.voterfile.choose); the log overrides it.
+            # voters_file: kept equal to the committed set (consensus.voterfile).
+            # self_address not in the log's set:
             # a voter that is not a member (joining or removed): binds, follows the log as
             # a read-only peer of the voters, proposes through them, never campaigns.
         .add_member(address, callback)     # callback(ok: bool, error: str | None)
@@ -302,7 +304,7 @@ class RaftNode:
     def __init__(self, *, self_address: str | None, voters: list[str], state_dir: Path,
                  password: str, options: Any, state: ClusterState, node_name: str,
                  on_role_change: Callable[[str, str, int], None] | None = None,
-                 voters_index: int = 0) -> None:
+                 voters_index: int = 0, voters_file: Path | None = None) -> None:
         if not password:
             raise RaftError("the cluster secret is empty: Raft traffic must be encrypted; "
                             "put a secret in raft.secret_file")
@@ -354,7 +356,18 @@ class RaftNode:
             if dropped:
                 log.warning("finished an interrupted compaction: dropped %d journal entries "
                             "covered by the snapshot at index %d", dropped, self.snapshot_index)
-        self._members = self._start_members(voters, voters_index, doc)
+        self._voters_file = Path(voters_file) if voters_file is not None else None
+        try:
+            file = voterfile.load(self._voters_file) if self._voters_file is not None else None
+        except voterfile.VoterFileError as exc:
+            raise RaftError(str(exc)) from None
+        self._members = self._start_members(voters, voters_index, doc, file)
+        if self._voters_file is not None and (file is None or not file.pending) and (
+                file is None or set(file.voters) != self._members.committed
+                or file.index != self._members.committed_index):
+            # Bring the file to the committed set the log gave (a pending add of this node
+            # is the agent's, and the log has not decided it yet).
+            self._write_voters_file()
         #: pysyncobj's first load of the snapshot found at start keeps the start
         #: configuration; later loads (streamed by the leader) replace it.
         self._start_load_pending = doc is not None
@@ -404,18 +417,22 @@ class RaftNode:
                         "campaign until a membership change adds it", self_address,
                         ", ".join(sorted(self._members.latest)))
 
-    def _start_members(self, voters: list[str], voters_index: int,
-                       doc: dict | None) -> RaftMembers:
+    def _start_members(self, voters: list[str], voters_index: int, doc: dict | None,
+                       file: voterfile.VoterFile | None) -> RaftMembers:
         """The configuration at start: the latest in the log (consensus.raft_members).
 
-        The base is ``voters`` (valid at ``voters_index``: 0 for the bootstrap voters of the
-        config, a voters.json's index) or the snapshot's cluster, whichever is valid at the
-        higher index; then every membership entry after it in the journal."""
-        base, index, source = list(voters), voters_index, "the voters given"
+        The base is whichever set is valid at the highest Raft index: ``voters`` (at
+        ``voters_index``: 0 for the config's bootstrap voters), voters.json (unless it holds
+        a pending add) or the snapshot's cluster; then every membership entry after it in
+        the journal."""
+        bases = [(voters_index, 0, list(voters), "the voters given")]
+        if file is not None and not file.pending:
+            bases.append((file.index, 1, list(file.voters), str(self._voters_file)))
         if doc is not None:
             cluster = [a for a in doc["cluster"] if is_address(a)]
-            if cluster and doc["last_entry"][1] >= voters_index:
-                base, index, source = cluster, doc["last_entry"][1], "the snapshot"
+            if cluster:
+                bases.append((doc["last_entry"][1], 2, cluster, "the snapshot"))
+        index, _, base, source = max(bases, key=lambda b: (b[0], b[1]))
         journal = (self._journal[i] for i in range(len(self._journal)))
         members = RaftMembers(self.self_address, base, index, journal)
         if members.latest != frozenset(voters):
@@ -424,6 +441,14 @@ class RaftNode:
                         ", ".join(sorted(members.latest)), source, index,
                         ", ".join(sorted(voters)))
         return members
+
+    def _write_voters_file(self) -> None:
+        try:
+            voterfile.update(self._voters_file, voters=sorted(self._members.committed),
+                             index=self._members.committed_index, pending=False)
+        except Exception as exc:  # a full disk must not stop the Raft thread
+            log.error("cannot write %s: %s; a restart would start from an older voter set "
+                      "until the log corrects it", self._voters_file, exc)
 
     # --- the API ---------------------------------------------------------------------------
     def propose(self, command: dict, callback: Callable[[dict | None, str | None], None]) -> None:
@@ -642,6 +667,8 @@ class RaftNode:
     def _committed_members_changed(self, index: int) -> None:
         members = sorted(self._members.committed)
         log.info("raft voter set committed at index %d: %s", index, ", ".join(members))
+        if self._voters_file is not None:
+            self._write_voters_file()
         for fn in self._membership_observers:
             try:
                 fn(members, index)
