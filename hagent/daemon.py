@@ -180,6 +180,12 @@ class Agent:
                 # A follower checks four times a second whether it became leader: a new
                 # leader must take over detection at once, not up to a second later.
                 follower_poll=0.25)
+        # The voter autopilot's place (hagent.voters.autopilot, issue 8): on a voter
+        # (self.changer) with gossip (self.membership) and voters.auto_replace, build
+        # Autopilot(self, self.membership, self.changer, self.voter_target,
+        # registry=self.registry) here, start it as a component right after "detection" (it
+        # reads gossip states and the incidents detection commits; it acts only while this
+        # node leads) and show its status() in status()["autopilot"].
         self.recovery: RecoveryEngine | None = None
         if config.recovery.enabled and config.is_voter:
             # Every voter may become the leader that recovers; the engine acts only while

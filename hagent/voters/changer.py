@@ -333,7 +333,7 @@ class VoterChanger:
                 last = doc.get("last_change") or {}
                 if last.get("result") == "aborted":
                     raise VoterChangeRefused(
-                        f"{change.get(KIND)} {change.get('node')} aborted: {last.get('reason')}")
+                        f"{change.get('op')} {change.get('node')} aborted: {last.get('reason')}")
                 return dict(last)
             if deadline is not None and self._mono() >= deadline:
                 return {**current, "result": "in_progress"}

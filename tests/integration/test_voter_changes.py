@@ -1,0 +1,204 @@
+"""Voter changes in a real lab (5 agents, 3 bootstrap voters, every node eligible), through
+hagentctl over the admin socket: add-voter promotes a non-voter (it re-execs under the same
+pid, catches up and becomes a voter), remove-voter demotes it again (it re-execs as a
+non-voter), bad requests are refused with the reason and exit 1 with nothing changed, and a
+whole lab SIGKILLed and restarted keeps the voter set the log committed, not the config's.
+
+The autopilot is off here: these are an operator's changes. Timings are printed, not
+asserted (benchmarks/ holds timing goals)."""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from hagent.ctl.main import main as hagentctl
+from hagent.lab.cluster import Lab, LabError
+
+pytestmark = pytest.mark.xdist_group("lab")
+
+DEADLINE = 30.0
+#: A stopped candidate never reports: its add is aborted after this (voters.catchup_timeout).
+CATCHUP_TIMEOUT = 6.0
+
+
+def until(what: str, check: Callable[[], Any], timeout: float = DEADLINE) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = check()
+        except (LabError, KeyError, TypeError):
+            value = None
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not {what} within {timeout:g} s")
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory) -> Lab:
+    lab = Lab.up(tmp_path_factory.mktemp("voters") / "lab", nodes=5, voters=3,
+                 config_extra={"voters": {"auto_replace": False,
+                                          "catchup_timeout": CATCHUP_TIMEOUT}},
+                 failure_domains={"node4": "rack-b"})
+    yield lab
+    lab.down()
+
+
+def ctl(lab: Lab, via: str, *argv: str, capsys) -> tuple[int, str, str]:
+    """hagentctl on ``via``'s admin socket, as an operator runs it there."""
+    code = hagentctl(["--socket", lab.node(via).admin_socket, *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def voters(lab: Lab, via: str = "node1") -> list[str]:
+    return [v["node"] for v in lab.admin(via, "raft.voters")["voters"]]
+
+
+def registered(lab: Lab) -> bool:
+    view = lab.admin("node1", "raft.voters")
+    return (all(v["node"] for v in view["voters"])
+            and {e["node"] for e in view["eligible"]} == {"node4", "node5"})
+
+
+def test_add_voter_promotes_a_non_voter_through_a_re_exec(lab: Lab, capsys):
+    until("every node registered", lambda: registered(lab))
+    pid = lab.node("node4").pid
+    started = time.monotonic()
+    code, out, err = ctl(lab, "node2", "raft", "add-voter", "node4", capsys=capsys)
+    took = time.monotonic() - started
+    assert code == 0, err
+    assert out.startswith("Voter added: node4 (" + lab.node("node4").raft_address)
+    with capsys.disabled():
+        print(f"\nadd-voter node4 (re-exec, catch-up, membership change, commit): {took:.2f} s")
+    # The same process (pid) now runs as a Raft voter and counts toward quorum.
+    assert lab.node("node4").pid == pid and lab.state("node4") == "running"
+    until("node4 a voter member", lambda: lab.status("node4")["role"] in ("follower", "leader")
+          and lab.status("node4")["member"])
+    view = lab.admin("node3", "raft.voters")
+    assert sorted(v["node"] for v in view["voters"]) == ["node1", "node2", "node3", "node4"]
+    assert sorted(view["members"]) == sorted(lab.node(n).raft_address
+                                             for n in ("node1", "node2", "node3", "node4"))
+    assert {v["node"]: v["failure_domain"] for v in view["voters"]}["node4"] == "rack-b"
+    assert view["last_change"]["op"] == "add" and view["last_change"]["result"] == "committed"
+    assert [e["node"] for e in view["eligible"]] == ["node5"]
+    code, out, _ = ctl(lab, "node5", "raft", "voters", capsys=capsys)
+    assert code == 0 and "Voters (4, target 3, autopilot off):" in out
+    # The non-voter follows the committed set: it forwards to node4 too, and reads through it.
+    until("node5 forwarding to 4 voters", lambda: len(lab.admin("node5", "members")) == 5
+          and len(lab.status("node5")["voter_set"]["voters"]) == 4)
+    # A commit now needs 3 of the 4 voters; it still commits.
+    assert lab.admin("node5", "notification.create", {
+        "type": "VM", "hostname": "node5", "generated_time": "2024-01-01T00:00:00Z",
+        "payload": {"event": "LIFECYCLE", "instance_uuid": str(uuid.uuid4()),
+                    "vir_domain_event": "STOPPED_FAILED"}})["committed"]
+
+
+def test_refusals_say_why_exit_1_and_change_nothing(lab: Lab, capsys):
+    before = lab.admin("node1", "raft.voters")
+    leader = lab.leader()
+    follower = next(n for n in ("node1", "node2", "node3") if n != leader)
+    for argv, why in ((("add-voter", "node9"), "unknown node node9: not registered"),
+                      (("add-voter", "node2"), "already a voter"),
+                      (("remove-voter", "node5"), "is not a voter"),
+                      (("remove-voter", leader), "is the leader")):
+        code, out, err = ctl(lab, follower, "raft", *argv, capsys=capsys)
+        assert code == 1 and why in err and not out, (argv, err)
+    # From a non-voter: refused, naming where to go.
+    code, _, err = ctl(lab, "node5", "raft", "remove-voter", "node4", capsys=capsys)
+    assert code == 1 and "this node is a non-voter" in err
+    # A candidate that never catches up (stopped): the add is aborted after catchup_timeout;
+    # a second change while it is in flight is refused.
+    lab.stop("node5")
+    try:
+        answer: dict[str, Any] = {}
+
+        def add() -> None:
+            answer["code"] = hagentctl(["--socket", lab.node(leader).admin_socket, "raft",
+                                        "add-voter", "node5"])
+
+        adding = threading.Thread(target=add)
+        adding.start()
+        until("the add of node5 in flight",
+              lambda: (lab.admin(follower, "raft.voters")["change"] or {}).get("node") == "node5")
+        code, out, err = ctl(lab, follower, "raft", "remove-voter", "node4", capsys=capsys)
+        assert code == 1 and "another change is in flight: add of node5" in err, err
+        adding.join(CATCHUP_TIMEOUT + 20)
+        assert answer["code"] == 1
+        err = capsys.readouterr().err
+        assert f"add node5 aborted: node5 did not catch up within {CATCHUP_TIMEOUT:g} s" in err
+    finally:
+        lab.start("node5")
+        lab.wait_ready(["node5"])
+    after = lab.admin("node1", "raft.voters")
+    assert after["voters"] == before["voters"] and after["members"] == before["members"]
+    assert after["last_change"]["result"] == "aborted"
+    assert lab.status("node5")["role"] == "replica"  # it never became a voter
+
+
+def test_remove_voter_demotes_it_and_the_floor_of_three_holds(lab: Lab, capsys):
+    pid = lab.node("node4").pid
+    started = time.monotonic()
+    code, out, err = ctl(lab, "node1", "raft", "remove-voter", "node4", capsys=capsys)
+    took = time.monotonic() - started
+    assert code == 0 and out.startswith("Voter removed: node4"), err
+    with capsys.disabled():
+        print(f"\nremove-voter node4 (membership change, commit; it re-execs after): {took:.2f} s")
+    assert sorted(voters(lab)) == ["node1", "node2", "node3"]
+    # node4 applied its removal and re-executed as a non-voter, same pid.
+    until("node4 a non-voter again", lambda: lab.status("node4")["role"] == "replica"
+          and lab.status("node4")["ready"])
+    assert lab.node("node4").pid == pid
+    leader = lab.leader()
+    other = next(n for n in ("node1", "node2", "node3") if n != leader)
+    code, _, err = ctl(lab, leader, "raft", "remove-voter", other, capsys=capsys)
+    assert code == 1 and "would leave 2 voter(s); a manual change keeps at least 3" in err
+    assert sorted(voters(lab)) == ["node1", "node2", "node3"]
+    for argv in (("raft", "add-voter"), ("raft", "remove-voter", "a", "b")):
+        with pytest.raises(SystemExit) as exc:
+            ctl(lab, "node1", *argv, capsys=capsys)
+        assert exc.value.code == 2
+
+
+def test_a_whole_lab_killed_and_restarted_keeps_the_committed_voter_set(lab: Lab, capsys):
+    """Promote node4, demote bootstrap voter node1 (not the leader: ask from it, pick another
+    leader first if needed), so the committed set {node2, node3, node4} differs from every
+    config's raft.voters; then SIGKILL every agent and start them all again."""
+    leader = lab.leader()
+    if leader == "node1":  # the leader may not remove itself: make another node lead
+        lab.crash("node1")
+        until("a new leader", lambda: lab.leader(among=["node2", "node3"]) != "node1")
+        lab.start("node1")
+        lab.wait_ready(["node1"])
+    assert ctl(lab, "node2", "raft", "add-voter", "node4", capsys=capsys)[0] == 0
+    code, _, err = ctl(lab, "node2", "raft", "remove-voter", "node1", capsys=capsys)
+    assert code == 0, err
+    until("node1 a non-voter", lambda: lab.status("node1")["role"] == "replica")
+    committed = sorted(voters(lab, "node2"))
+    assert committed == ["node2", "node3", "node4"]
+    note = lab.admin("node5", "notification.create", {
+        "type": "VM", "hostname": "node5", "generated_time": "2024-01-02T00:00:00Z",
+        "payload": {"event": "LIFECYCLE", "instance_uuid": str(uuid.uuid4()),
+                    "vir_domain_event": "STOPPED_FAILED"}})["notification"]
+    for name in lab.names:
+        lab.crash(name)
+    for name in lab.names:
+        lab.start(name)
+    lab.wait_ready()
+    leader = lab.leader(timeout=20.0)
+    assert leader in ("node2", "node3", "node4")
+    for name in lab.names:
+        assert sorted(voters(lab, name)) == committed, name
+    roles = {name: lab.status(name)["role"] for name in lab.names}
+    assert roles["node1"] == roles["node5"] == "replica", roles
+    # node1's config still names it a voter: it follows the log and says so in its log.
+    log_text = Path(lab.node("node1").log).read_text()
+    assert "is not the voter set the log committed" in log_text
+    assert lab.admin("node1", "notification.show",
+                     {"notification_uuid": note["notification_uuid"]})["hostname"] == "node5"
