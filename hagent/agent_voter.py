@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 from consensus.raft import RaftNode
@@ -40,10 +41,12 @@ class VoterBackend:
 
     kind = "voter"
 
-    def __init__(self, config: Config, node_name: str,
-                 members: list[str] | None = None) -> None:
-        """``members``: the Raft voter set to start from (default ``raft.voters``); a
-        promotion candidate passes the set without itself, as it is not a member yet."""
+    def __init__(self, config: Config, node_name: str, members: list[str] | None = None, *,
+                 voters_index: int = 0, voters_file: Path | None = None) -> None:
+        """``members``: the Raft voter set to start from (default ``raft.voters``), valid at
+        Raft index ``voters_index``; a promotion candidate passes the set without itself, as
+        it is not a member yet. ``voters_file``: voters.json, which the RaftNode keeps equal
+        to the committed voter set (consensus.voterfile)."""
         self.address = config.raft.bind
         # Read the key pair first: a bad key file stops start-up before Raft binds.
         key_pair = read_key_pair(config.security.key_file) if config.forwarding else None
@@ -58,6 +61,8 @@ class VoterBackend:
             state=self.state,
             node_name=node_name,
             on_role_change=self._role_changed,
+            voters_index=voters_index,
+            voters_file=voters_file,
         )
         self.renewals = RenewalBatcher(self._propose)
         self.forward: ForwardServer | None = None

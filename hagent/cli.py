@@ -57,11 +57,11 @@ def _startup_refusals() -> tuple[type[Exception], ...]:
     from hagent.membership.shell import GossipBindError
     from hagent.monitors.process_list import ProcessListError
     from hagent.secretfile import SecretFileError
-    from hagent.voters.localfile import VotersFileError
+    from consensus.voterfile import VoterFileError
     from recovery.nova import NovaConfigError
 
     return (InventoryError, WatchdogError, GossipBindError, ProcessListError, SecretFileError,
-            NovaConfigError, VotersFileError)
+            NovaConfigError, VoterFileError)
 
 
 def _keygen(args: argparse.Namespace) -> int:

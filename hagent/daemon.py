@@ -61,6 +61,7 @@ from hagent.spool import Spool
 from hagent.status_http import StatusServer
 from hagent.submitter import Submitter
 from hagent.voters import localfile
+from hagent.voters.autopilot import Autopilot
 from hagent.voters.changer import VoterChanger, VoterChangeRefused
 from hagent.voters.role import Me, Switch
 from hagent.voters.view import describe
@@ -132,7 +133,9 @@ class Agent:
         self._stop: asyncio.Event | None = None
         if config.is_voter:
             self.backend: VoterBackend | ReplicaBackend = VoterBackend(
-                config, self.name, self.local_voters.addresses)
+                config, self.name, self.local_voters.addresses,
+                voters_index=self.local_voters.index,
+                voters_file=localfile.path_in(state_dir))
         else:
             self.backend = ReplicaBackend(config, self.name,
                                           localfile.forwardable(self.local_voters))
@@ -180,12 +183,12 @@ class Agent:
                 # A follower checks four times a second whether it became leader: a new
                 # leader must take over detection at once, not up to a second later.
                 follower_poll=0.25)
-        # The voter autopilot's place (hagent.voters.autopilot, issue 8): on a voter
-        # (self.changer) with gossip (self.membership) and voters.auto_replace, build
-        # Autopilot(self, self.membership, self.changer, self.voter_target,
-        # registry=self.registry) here, start it as a component right after "detection" (it
-        # reads gossip states and the incidents detection commits; it acts only while this
-        # node leads) and show its status() in status()["autopilot"].
+        self.autopilot: Autopilot | None = None
+        if (self.changer is not None and self.membership is not None
+                and config.voters.auto_replace):
+            # It reads gossip and the incidents detection commits; it acts only as leader.
+            self.autopilot = Autopilot(self, self.membership, self.changer, self.voter_target,
+                                       registry=self.registry)
         self.recovery: RecoveryEngine | None = None
         if config.recovery.enabled and config.is_voter:
             # Every voter may become the leader that recovers; the engine acts only while
@@ -206,9 +209,9 @@ class Agent:
     def components(self) -> list[Component]:
         """The parts ``serve`` starts, in start order (stopped in reverse): the log first
         (everything else needs it), leases before membership (a host renews before others
-        may judge it), detection and recovery after membership, the admin socket and the
-        status endpoint before the submitter (it proposes at once), the monitors last (their
-        stop hands what they queued to the submitter's spool)."""
+        may judge it), detection, the voter autopilot and recovery after membership, the
+        admin socket and the status endpoint before the submitter (it proposes at once), the
+        monitors last (their stop hands what they queued to the submitter's spool)."""
         parts = [Component("backend", self.backend.start, self.backend.stop)]
         if self.role_watcher is not None:
             parts.append(Component("voter role", self.role_watcher.start, self.role_watcher.stop))
@@ -219,6 +222,8 @@ class Agent:
             parts.append(Component("membership", self.membership.start, self.membership.stop))
         if self.detection is not None:
             parts.append(Component("detection", self.detection.start, self.detection.stop))
+        if self.autopilot is not None:
+            parts.append(Component("voter autopilot", self.autopilot.start, self.autopilot.stop))
         if self.recovery is not None:
             parts.append(Component("recovery", self._start_recovery, self._stop_recovery))
         parts += [
@@ -261,6 +266,8 @@ class Agent:
             status["detection"] = dict(self.detection.counters)
         if self.recovery is not None:
             status["recovery"] = self.recovery.status()
+        if self.autopilot is not None:
+            status["autopilot"] = self.autopilot.status()
         if self.membership is not None:
             snap = self.membership.snapshot()
             status["members"] = [{"name": m["name"], "state": m["state"],
@@ -407,6 +414,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
             agent.backend.raft.close()  # built in Agent(), never started
     if agent.switch_to is not None:
         switch = agent.switch_to
-        localfile.save(config.node.state_dir, switch.voters, pending=switch.pending)
+        localfile.save(config.node.state_dir, switch.voters, pending=switch.pending,
+                       self_address=config.raft.bind)
         raise RoleSwitch(switch)
     return exit_status[0]

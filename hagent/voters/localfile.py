@@ -1,51 +1,41 @@
-"""This node's copy of the voter set, ``STATE_DIR/voters.json``: which role it starts in and
-whom it talks to.
+"""This node's copy of the voter set (``STATE_DIR/voters.json``, ``consensus.voterfile``) as
+the agent uses it: which role a process starts in and which voters a non-voter talks to.
 
-``raft.voters`` in the config is only the bootstrap set. Once the log holds a voter set, every
-node keeps its last copy here (written atomically and fsynced, so a crash leaves the old or
-the new file, never half of one):
-
-- a voter writes it on every committed change it applies, and starts from it: its RaftNode's
-  partners are the voters in it, not the config's;
-- a non-voter writes it whenever the set a voter serves it changes, so it still finds the
-  log (the voters' forward endpoints and keys) after every original voter is gone, and after
-  a full restart;
-- a node about to re-exec writes the set its next role starts with; ``pending`` marks a
-  promotion candidate: it runs as a voter although the set does not hold it yet.
-
-Without a file (first start) the config's bootstrap set applies. A config that disagrees
-with the file is logged at WARNING, naming both, and the file wins: the log decided.
+``raft.voters`` in the config is only the bootstrap set. ``consensus.voterfile.choose`` picks
+the set a node starts from (the file, else the config; a WARNING names both when they
+differ), and a voter's RaftNode keeps the file's addresses equal to the committed set it
+applies. The agent adds what a non-voter needs to reach the voters without Raft: each
+voter's record (node name, forward endpoint, CURVE key) under the file's ``records`` key,
+which the Raft side keeps across its updates. So a non-voter still finds the log after every
+original voter is gone, and after a full restart. A node about to re-exec writes the set its
+next role starts from (``pending``: a promotion candidate, written in as the voters plus
+itself as ``consensus.voterfile`` expects).
 """
 from __future__ import annotations
 
-import json
-import logging
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from consensus import voterfile
 from hagent.config import Config
 
-log = logging.getLogger(__name__)
-
-FILE_NAME = "voters.json"
-FORMAT = 1
-
-
-class VotersFileError(Exception):
-    """``voters.json`` cannot be read; the message names the file and the fix."""
+#: The file's key for the voters' records (the agent's; consensus.voterfile keeps it).
+RECORDS = "records"
+_FIELDS = ("node", "raft_address", "forward_address", "public_key")
 
 
 @dataclass(frozen=True)
 class LocalVoters:
     """The voter set this node starts from. ``voters`` are records {node, raft_address,
-    forward_address, public_key} (node, forward_address and public_key may be None for a
-    voter the log knows only by its address); ``pending``: this node runs as a voter that is
-    not in ``voters`` yet; ``source`` says where it came from."""
+    forward_address, public_key} (node, forward_address and public_key None when unknown);
+    ``pending``: this node runs as a voter that is not in ``voters`` yet (a candidate);
+    ``index``: the Raft index the set is valid at (0: not from the log); ``source``: the
+    file's path or "config"."""
 
     voters: tuple[Mapping[str, Any], ...]
     pending: bool = False
+    index: int = 0
     source: str = "config"
 
     @property
@@ -62,80 +52,56 @@ def _key(voters: Any) -> list[tuple]:
                   for v in voters)
 
 
+def _record(v: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v.get(k) for k in _FIELDS}
+
+
 def path_in(state_dir: Path) -> Path:
-    return Path(state_dir) / FILE_NAME
+    return Path(state_dir) / voterfile.VOTERS_FILE
 
 
-def from_config(config: Config) -> LocalVoters:
-    """The bootstrap set: ``raft.voters`` with their ``forward.endpoints`` and
-    ``security.voter_keys`` entries (None where the config has none)."""
+def _config_records(config: Config) -> dict[str, dict[str, Any]]:
+    """The bootstrap voters with their ``forward.endpoints`` and ``security.voter_keys``
+    entries (None where the config has none), by Raft address."""
     voters = config.raft.voters
-    endpoints = list(config.forward.endpoints) if len(config.forward.endpoints) == len(voters) \
-        else [None] * len(voters)
-    keys = list(config.security.voter_keys) if len(config.security.voter_keys) == len(voters) \
-        else [None] * len(voters)
-    return LocalVoters(tuple({"node": None, "raft_address": a, "forward_address": e,
-                              "public_key": k} for a, e, k in zip(voters, endpoints, keys)))
-
-
-def load(state_dir: Path) -> LocalVoters | None:
-    """The saved set, or None when there is none yet; VotersFileError if it is unreadable."""
-    path = path_in(state_dir)
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise VotersFileError(f"{path}: cannot read the saved voter set ({exc}); remove it to "
-                              f"start from the config's raft.voters, or restore it") from None
-    try:
-        if doc["format"] != FORMAT:
-            raise ValueError(f"format {doc['format']}, this agent reads {FORMAT}")
-        voters = tuple({"node": v.get("node"), "raft_address": str(v["raft_address"]),
-                        "forward_address": v.get("forward_address"),
-                        "public_key": v.get("public_key")} for v in doc["voters"])
-        if not voters:
-            raise ValueError("no voters")
-        return LocalVoters(voters, bool(doc.get("pending", False)), "file")
-    except (KeyError, TypeError, ValueError) as exc:
-        raise VotersFileError(f"{path}: not a saved voter set ({exc}); remove it to start "
-                              f"from the config's raft.voters") from None
-
-
-def save(state_dir: Path, voters: LocalVoters | tuple | list, *, pending: bool = False) -> None:
-    """Write the set atomically and fsynced (file and directory)."""
-    records = voters.voters if isinstance(voters, LocalVoters) else voters
-    doc = {"format": FORMAT, "pending": pending,
-           "voters": [{"node": v.get("node"), "raft_address": v["raft_address"],
-                       "forward_address": v.get("forward_address"),
-                       "public_key": v.get("public_key")} for v in records]}
-    path = path_in(state_dir)
-    tmp = path.with_suffix(".json.tmp")
-    with open(tmp, "w") as f:
-        f.write(json.dumps(doc, indent=2) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    n = len(voters)
+    endpoints = config.forward.endpoints if len(config.forward.endpoints) == n else [None] * n
+    keys = config.security.voter_keys if len(config.security.voter_keys) == n else [None] * n
+    return {a: {"node": None, "raft_address": a, "forward_address": e, "public_key": k}
+            for a, e, k in zip(voters, endpoints, keys)}
 
 
 def effective(config: Config) -> LocalVoters:
-    """The voter set this node starts from: the saved one, else the config's; a config that
-    disagrees with the saved set is named in a WARNING (the saved set wins)."""
-    configured = from_config(config)
-    saved = load(config.node.state_dir)
-    if saved is None:
-        return configured
-    if sorted(saved.addresses) != sorted(configured.addresses):
-        log.warning("raft.voters in the config (%s) is not the voter set the log committed "
-                    "(%s, saved in %s): following the log; the config only bootstraps a new "
-                    "cluster", ", ".join(configured.addresses), ", ".join(saved.addresses),
-                    path_in(config.node.state_dir))
-    return saved
+    """The voter set this node starts from (``consensus.voterfile.choose``: the file over the
+    config), each voter with the best record known: the file's, else the config's; raises
+    consensus.voterfile.VoterFileError for a file that cannot be used."""
+    path = path_in(config.node.state_dir)
+    start = voterfile.choose(list(config.raft.voters), path, config.raft.bind or None)
+    saved = voterfile.load(path)
+    records = {r["raft_address"]: _record(r) for r in (saved.extra.get(RECORDS) or [])
+               if isinstance(r, dict) and r.get("raft_address")} if saved else {}
+    configured = _config_records(config)
+    voters = tuple(records.get(a) or configured.get(a) or
+                   {"node": None, "raft_address": a, "forward_address": None, "public_key": None}
+                   for a in start.voters)
+    return LocalVoters(voters, start.joining, start.index, start.source)
+
+
+def save(state_dir: Path, voters: tuple | list, *, pending: bool = False,
+         self_address: str = "") -> None:
+    """Write the set a re-exec'd process or a non-voter starts from (valid at no particular
+    Raft index: the node's own log, if any, decides past it); ``pending`` writes this node
+    in as the candidate of an add that has not committed."""
+    addresses = [v["raft_address"] for v in voters]
+    if pending and self_address not in addresses:
+        addresses.append(self_address)
+    voterfile.save(path_in(state_dir), addresses, index=0, pending=pending,
+                   **{RECORDS: [_record(v) for v in voters]})
+
+
+def save_records(state_dir: Path, voters: tuple | list) -> None:
+    """Keep the voters' records current on a voter, whose RaftNode owns the addresses."""
+    voterfile.update(path_in(state_dir), **{RECORDS: [_record(v) for v in voters]})
 
 
 def run_config(config: Config, local: LocalVoters) -> Config:

@@ -102,7 +102,7 @@ class RoleWatcher:
         if switch is not None:
             self._switch(switch)
             return
-        committed = LocalVoters(tuple(voter_set.get("voters") or ()), False, "log")
+        committed = LocalVoters(tuple(voter_set.get("voters") or ()), source="log")
         reachable = localfile.forwardable(committed)
         if reachable and not self.local.same_set(committed.voters):
             log.info("the voter set is now %s", ", ".join(_names(committed.voters)))
@@ -131,8 +131,9 @@ class RoleWatcher:
             log.info("promoted: this node is a voter of %s", ", ".join(_names(committed)))
         elif self.local.same_set(committed):
             return
-        localfile.save(self._state_dir, committed)
-        self.local = LocalVoters(committed, False, "log")
+        # The RaftNode keeps the file's addresses; the records are the agent's.
+        localfile.save_records(self._state_dir, committed)
+        self.local = LocalVoters(committed, source="log")
 
     async def _report(self, status: Mapping[str, Any]) -> None:
         applied = status.get("applied_index") or 0

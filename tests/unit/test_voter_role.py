@@ -10,7 +10,9 @@ import pytest
 
 from hagent.config import loads_config
 from hagent.voters import localfile
-from hagent.voters.localfile import LocalVoters, VotersFileError
+from consensus import voterfile
+from consensus.voterfile import VoterFileError
+from hagent.voters.localfile import LocalVoters
 from hagent.voters.role import NON_VOTER, VOTER, Me, as_non_voter, as_voter, promoting_me
 
 ME = Me("node4", "10.0.0.4:7170", "10.0.0.4:7171", "key4")
@@ -97,7 +99,7 @@ voter_keys = {KEYS!r}
 
 def test_without_a_saved_set_the_config_bootstraps(tmp_path: Path):
     local = localfile.effective(config(tmp_path))
-    assert local.source == "config" and not local.pending
+    assert local.source == "config" and not local.pending and local.index == 0
     assert local.addresses == ["10.0.0.1:7170", "10.0.0.2:7170", "10.0.0.3:7170"]
     assert [v["public_key"] for v in local.voters] == KEYS
     run = localfile.run_config(config(tmp_path), local)
@@ -105,22 +107,39 @@ def test_without_a_saved_set_the_config_bootstraps(tmp_path: Path):
                                                           "10.0.0.3:7171"]
 
 
-def test_the_saved_set_wins_over_the_config_with_a_warning(tmp_path: Path, caplog):
+def test_the_saved_set_wins_over_the_config_with_its_records(tmp_path: Path, caplog):
     saved = (record(1), record(2), record(5))
     localfile.save(tmp_path, saved)
     with caplog.at_level(logging.WARNING):
         local = localfile.effective(config(tmp_path))
-    assert local.source == "file" and local.addresses == [r["raft_address"] for r in saved]
-    assert "raft.voters in the config (10.0.0.1:7170, 10.0.0.2:7170, 10.0.0.3:7170) is not the " \
-           "voter set the log committed (10.0.0.1:7170, 10.0.0.2:7170, 10.0.0.5:7170" in caplog.text
+    assert local.source == str(localfile.path_in(tmp_path))
+    assert local.addresses == [r["raft_address"] for r in saved]
+    assert "differs from raft.voters in the config" in caplog.text
     run = localfile.run_config(config(tmp_path), local)
     assert run.forward.endpoints == ["10.0.0.1:7171", "10.0.0.2:7171", "10.0.0.5:7171"]
     assert run.security.voter_keys == ["key1", "key2", "key5"]
     assert local.same_set([record(5), record(2), record(1)])
 
 
+def test_records_survive_the_raft_sides_updates_and_fill_in_from_the_config(tmp_path: Path):
+    """A voter's RaftNode rewrites the addresses; the agent's records stay. A voter without
+    a record (none saved, not in the config) is known by its address only."""
+    localfile.save(tmp_path, (record(1), record(2), record(3)))
+    voterfile.update(localfile.path_in(tmp_path), voters=["10.0.0.1:7170", "10.0.0.2:7170",
+                                                          "10.0.0.9:7170"], index=40)
+    local = localfile.effective(config(tmp_path))
+    assert local.index == 40
+    assert [v["public_key"] for v in local.voters] == ["key1", "key2", None]
+    assert [v["raft_address"] for v in localfile.forwardable(local)] == ["10.0.0.1:7170",
+                                                                        "10.0.0.2:7170"]
+    localfile.save_records(tmp_path, (record(1), record(2), {**record(9), "node": "node9"}))
+    assert localfile.effective(config(tmp_path)).voters[2]["node"] == "node9"
+
+
 def test_a_pending_candidate_runs_as_a_voter_whose_raft_partners_exclude_it(tmp_path: Path):
-    localfile.save(tmp_path, (record(1), record(2), record(3)), pending=True)
+    localfile.save(tmp_path, (record(1), record(2), record(3)), pending=True,
+                   self_address="10.0.0.4:7170")
+    assert voterfile.load(localfile.path_in(tmp_path)).voters[-1] == "10.0.0.4:7170"
     local = localfile.effective(config(tmp_path))
     assert local.pending and "10.0.0.4:7170" not in local.addresses
     run = localfile.run_config(config(tmp_path), local)
@@ -129,9 +148,6 @@ def test_a_pending_candidate_runs_as_a_voter_whose_raft_partners_exclude_it(tmp_
 
 def test_an_unreadable_saved_set_stops_start_up_with_the_fix(tmp_path: Path):
     localfile.path_in(tmp_path).write_text("{not json")
-    with pytest.raises(VotersFileError, match="remove it to start from the config"):
+    with pytest.raises(VoterFileError, match="remove it to start from raft.voters"):
         localfile.effective(config(tmp_path))
-    localfile.path_in(tmp_path).write_text('{"format": 1, "voters": []}')
-    with pytest.raises(VotersFileError, match="no voters"):
-        localfile.load(tmp_path)
     assert LocalVoters((record(1),)).addresses == ["10.0.0.1:7170"]
