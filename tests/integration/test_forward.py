@@ -77,14 +77,16 @@ async def poll_until(predicate, what: str, timeout: float = DEADLINE) -> None:
 class Cluster:
     """n in-test voters with forward servers, and a factory for clients."""
 
-    def __init__(self, n: int = 3, leader: int | None = 0) -> None:
+    def __init__(self, n: int = 3, leader: int | None = 0, more_keys: int = 0) -> None:
         self.addresses = [f"10.9.9.{i + 1}:7170" for i in range(n)]  # Raft addresses (names only)
         self.endpoints = [f"127.0.0.1:{free_port()}" for _ in range(n)]
         self.server_keys = [generate() for _ in range(n)]
         self.client_key = generate()
+        self.more_keys = [generate() for _ in range(more_keys)]  # other allowed non-voters
         lead = self.addresses[leader] if leader is not None else None
         self.voters = [Voter(a, lead) for a in self.addresses]
-        self.servers = [ForwardServer(v, e, k, [self.client_key.public])
+        allowed = [self.client_key.public, *(k.public for k in self.more_keys)]
+        self.servers = [ForwardServer(v, e, k, allowed)
                         for v, e, k in zip(self.voters, self.endpoints, self.server_keys)]
         self.clients: list[ForwardClient] = []
 
@@ -325,3 +327,43 @@ def test_a_non_voter_cannot_propose_detection_or_recovery_ops(caplog):
                             "node": "v1"})
         assert (await client.query("recovery_claim", {}))["term"] == 3
     run(body)
+
+
+def test_a_non_voter_registers_itself_only_under_its_own_key():
+    """voters.register through the forward path: the record's key must be the one the
+    sender's CURVE handshake proved, and a name registered under another key cannot be
+    taken over; voters.progress only from the key its node registered; the voter-set
+    changes themselves never from a non-voter."""
+    async def main():
+        c = await Cluster(more_keys=1).start()
+        try:
+            me = await c.client()
+            other = await c.client(c.more_keys[0])
+            await poll_until(lambda: all(other.connected()), "the second client's connections")
+
+            def register(key: KeyPair, node: str = "cn4") -> dict[str, Any]:
+                return {"op": "voters.register", "node": node, "raft_address": "10.9.9.4:7170",
+                        "forward_address": "10.9.9.4:7171", "public_key": key.public}
+
+            answer = await me.propose(register(c.more_keys[0]))
+            assert not answer["ok"] and "not the key" in answer["error"]
+            assert (await me.propose(register(c.client_key)))["ok"]
+            assert (await me.propose(register(c.client_key)))["ok"]  # idempotent
+            answer = await other.propose(register(c.more_keys[0]))
+            assert not answer["ok"] and "registered with another public key" in answer["error"]
+            assert answer["retryable"] is False
+            assert c.voters[0].state.voters()["registry"]["cn4"]["public_key"] == \
+                c.client_key.public
+            progress = {"op": "voters.progress", "node": "cn4", "applied": 5, "leader_commit": 5}
+            answer = await other.propose(progress)
+            assert not answer["ok"] and "not the one" in answer["error"]
+            # From its own key it reaches the log, which refuses it for its own reason.
+            answer = await me.propose(progress)
+            assert not answer["ok"] and "no add of cn4 is in flight" in answer["error"]
+            change = {"op": "voters.change", "change": "add", "node": "cn4", "term": 1}
+            answer = await me.propose(change)
+            assert not answer["ok"] and "non-voter" in answer["error"]
+            assert c.voters[0].state.voters()["change"] is None
+        finally:
+            await c.close()
+    asyncio.run(asyncio.wait_for(main(), 60))
