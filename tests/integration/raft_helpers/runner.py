@@ -4,10 +4,12 @@
 
 Config keys: self_address (or null), voters, state_dir, password, events (file path),
 options (RaftConfig overrides), pysyncobj (overrides of consensus.raft constants),
-propose_on_sigcont (int: proposals tagged "stale-<i>" made by the SIGCONT handler).
+propose_on_sigcont (int: proposals tagged "stale-<i>" made by the SIGCONT handler),
+voters_file (path: start as the agent does, ``consensus.voterfile.choose`` over ``voters``,
+a voter only if the file or config says so, and keep the file).
 
-Requests (one JSON object a line): {"id", "op": "status"|"propose"|"bench"|"exit", ...};
-answers on stdout as {"id", ...}. Role changes are appended to the events file as JSON lines
+Requests (one JSON object a line): {"id", "op": "status"|"propose"|"bench"|"exit"|
+"add_member"|"remove_member"|"state"|"read_lease", ...}; answers on stdout as {"id", ...}. Role changes are appended to the events file as JSON lines
 {"t", "node", "old", "new", "term"}, flushed at once (they survive SIGKILL: page cache).
 """
 from __future__ import annotations
@@ -20,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from consensus import raft
+from consensus import raft, voterfile
 from consensus.state import ClusterState
 from hagent.config import RaftConfig
 
@@ -103,10 +105,18 @@ def main() -> None:
         # Only the main thread may take SIGCONT, so the handler runs the moment the process
         # resumes (its blocking read is interrupted), before the Raft thread learns anything.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCONT})
-    node = raft.RaftNode(self_address=cfg["self_address"], voters=cfg["voters"],
+    self_address, voters, voters_index, voters_file = cfg["self_address"], cfg["voters"], 0, None
+    if cfg.get("voters_file"):
+        voters_file = Path(cfg["voters_file"])
+        start = voterfile.choose(voters, voters_file, self_address)
+        voters, voters_index = start.voters, start.index
+        if not start.is_voter(self_address):
+            self_address = None
+    node = raft.RaftNode(self_address=self_address, voters=voters,
                          state_dir=Path(cfg["state_dir"]), password=cfg["password"],
                          options=options, state=ClusterState(), node_name=name,
-                         on_role_change=on_role)
+                         on_role_change=on_role, voters_index=voters_index,
+                         voters_file=voters_file)
     node_ref.append(node)
 
     if stale:
@@ -132,6 +142,15 @@ def main() -> None:
                 {"id": rid, "result": r, "error": e}))
         elif op == "read_lease":
             emit({"id": rid, "lease": node.read(lambda s: s.get_lease(req["host"]))})
+        elif op == "state":
+            emit({"id": rid, "voters": node.read(lambda s: s.voters()),
+                  "leases": node.read(lambda s: s.list_leases()),
+                  "members": node.cluster_members(), "committed": node.committed_members(),
+                  "member": node.is_member(), "applied": node.applied_index(),
+                  "leader_commit": node.leader_commit_index()})
+        elif op in ("add_member", "remove_member"):
+            getattr(node, op)(req["address"], lambda ok, error, rid=rid: emit(
+                {"id": rid, "ok": ok, "error": error}))
         elif op == "bench":
             threading.Thread(target=lambda req=req, rid=rid: emit(
                 {"id": rid, "bench": bench(node, req)}), daemon=True).start()
