@@ -13,7 +13,6 @@ Figures (catch-up, add, remove, restart) are printed; benchmarks/ holds timing g
 from __future__ import annotations
 
 import json
-import signal
 import time
 from pathlib import Path
 
