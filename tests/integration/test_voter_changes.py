@@ -159,6 +159,38 @@ def test_refusals_say_why_exit_1_and_change_nothing(lab: Lab, capsys):
     assert lab.status("node5")["role"] == "replica"  # it never became a voter
 
 
+def test_a_new_leader_aborts_an_add_the_old_one_was_watching(lab: Lab, capsys):
+    """An add in flight (its candidate stopped, so it stays in flight) when the leader dies:
+    the next leader finds it begun under an older term and not done in Raft, and aborts it;
+    the operator's hagentctl (waiting on a follower) exits 1 with that reason."""
+    before = sorted(voters(lab))
+    lab.stop("node6")
+    leader = lab.leader()
+    follower = next(n for n in before if n != leader)
+    try:
+        answer: dict[str, Any] = {}
+
+        def add() -> None:
+            answer["code"] = hagentctl(["--socket", lab.node(follower).admin_socket, "raft",
+                                        "add-voter", "node6"])
+
+        adding = threading.Thread(target=add)
+        adding.start()
+        until("the add of node6 in flight",
+              lambda: (lab.admin(follower, "raft.voters")["change"] or {}).get("node") == "node6")
+        lab.crash(leader)
+        adding.join(DEADLINE)
+        assert answer["code"] == 1
+        err = capsys.readouterr().err
+        assert "add node6 aborted: the leader changed while node6 was catching up" in err, err
+    finally:
+        lab.start(leader)
+        lab.start("node6")
+        lab.wait_ready([leader, "node6"])
+    assert sorted(voters(lab)) == before
+    assert lab.status("node6")["role"] == "replica"
+
+
 def test_remove_voter_demotes_it_and_the_floor_of_three_holds(lab: Lab, capsys):
     pid = lab.node("node4").pid
     started = time.monotonic()
