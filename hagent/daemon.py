@@ -127,7 +127,7 @@ class Agent:
         #: The voter target: voters.target, or as many as the bootstrap set has.
         self.voter_target = config.voters.target or len(config.raft.voters)
         self.local_voters = localfile.effective(config)
-        config = localfile.run_config(config, self.local_voters)
+        bootstrap, config = config, localfile.run_config(config, self.local_voters)
         self.config = config
         self.switch_to: Switch | None = None  # set: serve stops and re-execs into it
         self._stop: asyncio.Event | None = None
@@ -138,7 +138,7 @@ class Agent:
                 voters_file=localfile.path_in(state_dir))
         else:
             self.backend = ReplicaBackend(config, self.name,
-                                          localfile.forwardable(self.local_voters))
+                                          localfile.forward_targets(bootstrap, self.local_voters))
         self.changer: VoterChanger | None = None
         if isinstance(self.backend, VoterBackend):
             self.changer = VoterChanger(self.backend,

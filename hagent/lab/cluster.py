@@ -265,6 +265,9 @@ class Lab:
                     if collided and attempt < UP_ATTEMPTS and not network:
                         log.warning("lab %s: port collision (%s); retrying with new ports",
                                     lab_dir, ", ".join(collided))
+                        for plan in plans:  # a new cluster: no log, no saved voter set
+                            shutil.rmtree(plan.state_dir, ignore_errors=True)
+                            plan.state_dir.mkdir(parents=True, mode=0o700)
                         continue
                     raise LabError(f"{exc}\n(agents stopped; configs and logs kept in {lab_dir})") from None
         except BaseException:

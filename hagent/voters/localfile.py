@@ -13,12 +13,15 @@ itself as ``consensus.voterfile`` expects).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 from consensus import voterfile
 from hagent.config import Config
+
+log = logging.getLogger(__name__)
 
 #: The file's key for the voters' records (the agent's; consensus.voterfile keeps it).
 RECORDS = "records"
@@ -127,3 +130,23 @@ def run_config(config: Config, local: LocalVoters) -> Config:
 def forwardable(local: LocalVoters) -> list[Mapping[str, Any]]:
     """The voters a non-voter can reach: those whose forward endpoint and key are known."""
     return [v for v in local.voters if v.get("forward_address") and v.get("public_key")]
+
+
+def forward_targets(config: Config, local: LocalVoters) -> list[Mapping[str, Any]]:
+    """The voters a non-voter forwards to: those of ``local`` it can reach, else (no record
+    of any: a file the agent never completed) the config's bootstrap voters, with a WARNING;
+    raises consensus.voterfile.VoterFileError when neither names one."""
+    reachable = forwardable(local)
+    if reachable:
+        return reachable
+    configured = [v for v in _config_records(config).values()
+                  if v["forward_address"] and v["public_key"]]
+    if not configured:
+        raise voterfile.VoterFileError(
+            f"{local.source}: no voter in it has a known forward endpoint and key, and the "
+            f"config names none (forward.endpoints, security.voter_keys); remove the file or "
+            f"set them")
+    log.warning("none of the voters in %s (%s) has a known forward endpoint and key: "
+                "forwarding to the config's bootstrap voters %s", local.source,
+                ", ".join(local.addresses), ", ".join(v["raft_address"] for v in configured))
+    return configured

@@ -255,8 +255,9 @@ def test_up_retries_with_new_ports_after_a_collision(tmp_path: Path) -> None:
             ports = super().pick(count)
             FirstPickCollides.picks += 1
             if FirstPickCollides.picks == 1:
-                self.release(ports[-1:])
-                ports[-1] = taken  # node3's status port
+                node3_status = 2 * 3 + 2  # raft, forward, status, gossip: 3 ports each
+                self.release([ports[node3_status]])
+                ports[node3_status] = taken
             return ports
 
     try:

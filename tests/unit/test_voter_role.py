@@ -151,3 +151,19 @@ def test_an_unreadable_saved_set_stops_start_up_with_the_fix(tmp_path: Path):
     with pytest.raises(VoterFileError, match="remove it to start from raft.voters"):
         localfile.effective(config(tmp_path))
     assert LocalVoters((record(1),)).addresses == ["10.0.0.1:7170"]
+
+
+def test_a_non_voter_without_records_forwards_to_the_bootstrap_voters(tmp_path: Path, caplog):
+    voterfile.save(localfile.path_in(tmp_path), ["10.0.0.7:7170", "10.0.0.8:7170"])
+    local = localfile.effective(config(tmp_path))
+    assert localfile.forwardable(local) == []
+    with caplog.at_level(logging.WARNING):
+        targets = localfile.forward_targets(config(tmp_path), local)
+    assert [t["forward_address"] for t in targets] == ["10.0.0.1:7171", "10.0.0.2:7171",
+                                                       "10.0.0.3:7171"]
+    assert "forwarding to the config's bootstrap voters" in caplog.text
+    bare = loads_config(f'[node]\nname = "v"\nstate_dir = "{tmp_path}"\n[raft]\n'
+                        'voters = ["10.0.0.1:7170", "10.0.0.2:7170", "10.0.0.3:7170"]\n'
+                        'bind = "10.0.0.1:7170"\n')
+    with pytest.raises(VoterFileError, match="no voter in it has a known forward endpoint"):
+        localfile.forward_targets(bare, local)
