@@ -76,7 +76,9 @@ def _terms(nodes: list[NodeProc]) -> dict[str, int]:
 
 def test_add_remove_stale_restart_and_full_restart(tmp_path):
     figures: dict[str, float] = {}
-    cluster = ProcCluster(tmp_path, voters=3, extra={
+    # Compaction every 100 entries: the joiner gets the leader's snapshot, and every restart
+    # starts from a snapshot plus a journal.
+    cluster = ProcCluster(tmp_path, voters=3, options={"compaction_min_entries": 100}, extra={
         f"v{i}": {"voters_file": str(tmp_path / f"v{i}" / "voters.json")} for i in range(3)})
     new_address = f"127.0.0.1:{free_port()}"
     (tmp_path / "v3").mkdir()
