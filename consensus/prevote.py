@@ -14,6 +14,11 @@ sender's log is at least as up to date as its own, the proposed term is above it
 has not heard from a leader within the minimum election timeout (nor leads itself). Granting
 changes nothing on the granting node, so pre-votes cannot disrupt anything.
 
+A response carries the responder's term, and a candidate whose term is lower adopts it (no
+vote, so this is what a vote request would have done): otherwise a node with the most up to
+date log but a lower term and a node with a higher term but an older log would refuse each
+other's pre-votes forever.
+
 This module is the rule and the tally, without I/O; message names are ``PRE_VOTE`` and
 ``PRE_VOTE_RESPONSE``.
 """
@@ -46,8 +51,20 @@ def grants(message: dict[str, Any], *, sender_is_member: bool, current_term: int
             and not heard_leader_recently)
 
 
-def response(message: dict[str, Any], granted: bool) -> dict[str, Any]:
-    return {"type": PRE_VOTE_RESPONSE, "term": message.get("term"), "granted": granted}
+def response(message: dict[str, Any], granted: bool, current_term: int) -> dict[str, Any]:
+    """The answer, with the granting node's own term: a candidate behind it adopts it (as it
+    would from a vote request), or two nodes could refuse each other forever, one for its
+    older log, the other for its lower term."""
+    return {"type": PRE_VOTE_RESPONSE, "term": message.get("term"), "granted": granted,
+            "current_term": current_term}
+
+
+def newer_term(message: dict[str, Any], current_term: int) -> int | None:
+    """The responder's term if a PRE_VOTE_RESPONSE shows one above ``current_term``."""
+    term = message.get("current_term")
+    if isinstance(term, int) and not isinstance(term, bool) and term > current_term:
+        return term
+    return None
 
 
 @dataclass

@@ -223,8 +223,17 @@ class _LogMachine(SyncObj):
         others = self._SyncObj__otherNodes
         transport = self._hagent_transport
         if message.get("type") == prevote.PRE_VOTE_RESPONSE:
-            if sender in others and self._hagent_prevote.on_response(sender, message,
-                                                                     len(others) + 1):
+            if sender not in others:
+                return
+            newer = prevote.newer_term(message, self.raftCurrentTerm)
+            if newer is not None:
+                # A member is ahead: take its term, as its vote request would have made us.
+                self._hagent_prevote.used()
+                self._SyncObj__setCurrentTerm(newer, None)
+                self._SyncObj__setState(_RAFT_STATE.FOLLOWER)
+                self._SyncObj__raftLeader = None
+                return
+            if self._hagent_prevote.on_response(sender, message, len(others) + 1):
                 self._SyncObj__raftElectionDeadline = 0.0  # campaign on the next tick
             return
         if self.selfNode is None:
@@ -238,7 +247,7 @@ class _LogMachine(SyncObj):
             last_log_term=self._SyncObj__getCurrentLogTerm(), leads=self._isLeader(),
             heard_leader_recently=time.monotonic() - transport.last_leader_contact
             < self.conf.raftMinTimeout)
-        transport.send(sender, prevote.response(message, granted))
+        transport.send(sender, prevote.response(message, granted, self.raftCurrentTerm))
 
     # --- membership (consensus.raft_members has the reasons) --------------------------------
     def addNodeToCluster(self, node, callback=None) -> None:  # noqa: N802 (pysyncobj's API)

@@ -114,14 +114,23 @@ def test_pre_vote_rule(change, granted):
 def test_pre_vote_round_needs_a_majority_of_the_configuration():
     rnd = prevote.PreVoteRound()
     rnd.start(7)
-    assert not rnd.on_response("b", prevote.response({"term": 7}, False), members=5)
-    assert not rnd.on_response("b", prevote.response({"term": 6}, True), members=5)  # stale
-    assert not rnd.on_response("b", prevote.response({"term": 7}, True), members=5)
-    assert not rnd.on_response("b", prevote.response({"term": 7}, True), members=5)  # again
-    assert rnd.on_response("c", prevote.response({"term": 7}, True), members=5)
+    assert not rnd.on_response("b", prevote.response({"term": 7}, False, 4), members=5)
+    assert not rnd.on_response("b", prevote.response({"term": 6}, True, 4), members=5)  # stale
+    assert not rnd.on_response("b", prevote.response({"term": 7}, True, 4), members=5)
+    assert not rnd.on_response("b", prevote.response({"term": 7}, True, 4), members=5)  # again
+    assert rnd.on_response("c", prevote.response({"term": 7}, True, 4), members=5)
     assert rnd.may_campaign(7) and not rnd.may_campaign(8)
     rnd.used()
     assert not rnd.may_campaign(7)
     single = prevote.PreVoteRound()
     single.start(1)
     assert single.check(members=1)
+
+
+def test_a_candidate_behind_adopts_the_responders_term():
+    """A responder with a higher term (and an older log) refuses; the candidate takes that
+    term, so its next pre-vote is above it and can be granted."""
+    refusal = prevote.response(prevote.request(4, 50, 3), False, 9)
+    assert prevote.newer_term(refusal, 3) == 9
+    assert prevote.newer_term(refusal, 9) is None
+    assert prevote.newer_term({"current_term": True}, 0) is None
