@@ -1,7 +1,9 @@
 """The autopilot: on the leader, every second, the voter set's view in, at most one change out
 (docs/voters.md).
 
-Each turn while this node leads the log it builds a `VoterView` from the log (query
+Each turn (every ``interval``, and at once after the log applies a command that may call
+for a change: a host fenced or up, a node registered, a voter change ended; or after its
+own change returned) while this node leads the log it builds a `VoterView` from the log (query
 ``voters``: the committed set, the registry, the change in flight; query ``incidents``: who
 is declared dead, who is fenced) and from gossip (``membership.member_states()``), asks
 `hagent.voters.policy.assess` for a decision and hands it to the `VoterChanger`
@@ -36,9 +38,14 @@ from hagent.voters.policy import Assessment, Decision, Registered, VoterView, as
 
 log = logging.getLogger(__name__)
 
-#: Seconds between two turns: a dead voter's replacement starts within a second of its
-#: fencing, and one ``voters`` and one ``incidents`` read a second cost the log nothing.
+#: Longest time between two turns when nothing wakes the autopilot: one ``voters`` and one
+#: ``incidents`` read a second cost the log nothing, and a turn also follows at once every
+#: applied command of ``WAKE_OPS``, so a replacement does not wait for the next tick.
 INTERVAL = 1.0
+#: Applied commands after which a turn runs at once: what makes a voter replaceable (its
+#: host fenced), a candidate (registered, its incident closed), or the next change possible.
+WAKE_OPS = frozenset({"host.fenced", "host.up", "voters.register", "voters.commit",
+                      "voters.abort", "voters.bootstrap"})
 #: Seconds a node whose change was refused or failed is left out of the view: long enough
 #: not to hammer a candidate that cannot catch up (its own attempt lasts up to
 #: ``voters.catchup_timeout``), short enough to try it again within a minute.
@@ -53,6 +60,14 @@ class AgentLike(Protocol):
 
 class MembershipLike(Protocol):
     def member_states(self) -> dict[str, str]: ...
+
+
+class ApplyObservable(Protocol):
+    """The voter backend: calls ``fn(command, result)`` after each applied log entry (on
+    the Raft thread)."""
+
+    def add_apply_observer(self, fn: Callable[[dict, dict], None]) -> None: ...
+    def remove_apply_observer(self, fn: Callable[[dict, dict], None]) -> None: ...
 
 
 class ChangerLike(Protocol):
@@ -90,7 +105,8 @@ class Autopilot:
 
     def __init__(self, agent: AgentLike, membership: MembershipLike, changer: ChangerLike,
                  target: int, *, registry: CollectorRegistry | None = None,
-                 interval: float = INTERVAL, retry_after: float = RETRY_AFTER,
+                 wake_on: ApplyObservable | None = None, interval: float = INTERVAL,
+                 retry_after: float = RETRY_AFTER,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._agent = agent
         self._membership = membership
@@ -99,6 +115,9 @@ class Autopilot:
         self._interval = interval
         self._retry_after = retry_after
         self._clock = clock
+        self._wake_on = wake_on
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._leading = False
         self._running = False
         self._loop_task: asyncio.Task | None = None
@@ -120,11 +139,16 @@ class Autopilot:
 
     async def start(self) -> None:
         self._running = True
-        self._loop_task = asyncio.create_task(self._run(), name="voters autopilot")
+        self._loop = asyncio.get_running_loop()
+        self._loop_task = self._loop.create_task(self._run(), name="voters autopilot")
+        if self._wake_on is not None:
+            self._wake_on.add_apply_observer(self.observe)
         log.info("voter autopilot started: target %d voters", self.target)
 
     async def stop(self) -> None:
         self._running = False
+        if self._wake_on is not None:
+            self._wake_on.remove_apply_observer(self.observe)
         tasks = [t for t in (self._loop_task, self._change_task) if t is not None]
         for task in tasks:
             task.cancel()
@@ -138,14 +162,26 @@ class Autopilot:
                 "in_flight": self._busy, "last_decision": self._last_decision,
                 "excluded": sorted(self._excluded)}
 
+    def observe(self, command: dict[str, Any], result: Any) -> None:
+        """An apply observer (any thread): a turn at once after a command of WAKE_OPS."""
+        if command.get("op") in WAKE_OPS and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
     # --- the loop ------------------------------------------------------------------------
     async def _run(self) -> None:
+        # ``while self._running``: a cancellation landing as the wake event fires can be lost
+        # (asyncio.wait_for on 3.11), and stop() must still end this loop.
         while self._running:
+            self._wake.clear()  # a wake during the turn runs another one at once
             try:
                 await self.turn()
             except Exception:  # a failed read must not end the autopilot; next turn retries
                 log.exception("voter autopilot turn failed")
-            await asyncio.sleep(self._interval)
+            try:
+                async with asyncio.timeout(self._interval):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
 
     async def turn(self) -> Assessment | None:
         """One turn: read, assess, hand a decision on. None on a follower (it only watches)
@@ -210,6 +246,7 @@ class Autopilot:
             result, error = "failed", f"{type(exc).__name__}: {exc}"
         finally:
             self._busy = None
+            self._wake.set()  # the next change (an add after a remove) need not wait a tick
         if result == "done":
             log.info("voter autopilot: %s %s done", decision.op, decision.node)
         else:

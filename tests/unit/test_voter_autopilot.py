@@ -252,3 +252,41 @@ def test_the_loop_runs_turns_until_stopped(world) -> None:
         await pilot.stop()
 
     asyncio.run(run())
+
+
+class FakeBackend:
+    def __init__(self) -> None:
+        self.observers: list = []
+
+    def add_apply_observer(self, fn) -> None:
+        self.observers.append(fn)
+
+    def remove_apply_observer(self, fn) -> None:
+        self.observers.remove(fn)
+
+
+def test_a_fencing_applied_and_a_change_ended_each_wake_it_before_the_interval(world) -> None:
+    agent, membership, changer, _, _, _ = world
+    backend = FakeBackend()
+    pilot = Autopilot(agent, membership, changer, 3, wake_on=backend, interval=3600.0)
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        await pilot.start()
+        assert backend.observers == [pilot.observe]
+        await asyncio.sleep(0.05)  # the first turn: nothing to do
+        membership.states["node2"] = "dead"
+        agent.kill("node2", fenced=True)
+        pilot.observe({"op": "lease.renew"}, {})  # not a reason to look again
+        await asyncio.sleep(0.05)
+        assert changer.calls == []
+        # Applied on the Raft thread: the remove, then at once (its end wakes it) the add.
+        await loop.run_in_executor(None, pilot.observe, {"op": "host.fenced"}, {})
+        deadline = loop.time() + 5
+        while agent.voters != ["node1", "node3", "node4"]:
+            assert loop.time() < deadline, (agent.voters, changer.calls)
+            await asyncio.sleep(0.01)
+        await pilot.stop()
+        assert backend.observers == []
+
+    asyncio.run(run())
