@@ -188,7 +188,7 @@ class Agent:
                 and config.voters.auto_replace):
             # It reads gossip and the incidents detection commits; it acts only as leader.
             self.autopilot = Autopilot(self, self.membership, self.changer, self.voter_target,
-                                       registry=self.registry)
+                                       registry=self.registry, wake_on=self.backend)
         self.recovery: RecoveryEngine | None = None
         if config.recovery.enabled and config.is_voter:
             # Every voter may become the leader that recovers; the engine acts only while
