@@ -138,7 +138,10 @@ def status_rows(lab: Lab) -> list[dict[str, Any]]:
         if state != STOPPED:
             try:
                 st = lab.status(node.name, timeout=0.5 if state == "paused" else 2.0)
-                for key in ("role", "term", "leader", "commit_index", "ready", "spool_depth"):
+                # A running agent says whether it votes now (the voter set changes: lab.json
+                # records only the bootstrap voters).
+                for key in ("voter", "role", "term", "leader", "commit_index", "ready",
+                            "spool_depth"):
                     row[key] = st.get(key)
             except LabError:
                 row["role"] = "unreachable"
