@@ -266,6 +266,8 @@ class Agent:
             status["detection"] = dict(self.detection.counters)
         if self.recovery is not None:
             status["recovery"] = self.recovery.status()
+        if self.changer is not None:
+            status["voter_changer"] = self.changer.status()
         if self.autopilot is not None:
             status["autopilot"] = self.autopilot.status()
         if self.membership is not None:

@@ -122,11 +122,14 @@ class ChangeDriver:
     catchup_timeout: float
     progress_fresh: float = PROGRESS_FRESH
     action_timeout: float = ACTION_TIMEOUT
-    _busy: Action | None = None
-    _busy_since: float = 0.0
-    _progress: tuple | None = None        # (change key, applied, at) of the last report seen
-    _progress_seen: float = 0.0           # when (mono) that report was first seen
-    last_error: str | None = field(default=None)
+    _busy: Action | None = field(default=None, init=False)
+    _busy_since: float = field(default=0.0, init=False)
+    #: (change key, applied, at) of the last catch-up report seen, and when (mono) it was
+    #: first seen: a report's freshness is judged on the leader's own clock.
+    _progress: tuple | None = field(default=None, init=False)
+    _progress_seen: float = field(default=0.0, init=False)
+    #: Why the last action failed (shown until the next one succeeds).
+    last_error: str | None = field(default=None, init=False)
 
     def reset(self) -> None:
         """This node no longer leads: forget what was in flight (a new leader reconciles)."""
@@ -287,6 +290,13 @@ class VoterChanger:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._task = None
+
+    def status(self) -> dict[str, Any]:
+        """For /status: the action this leader waits on (None: none, or not leading) and why
+        the last one failed."""
+        busy = self.driver.busy
+        return {"action": _describe(busy) if busy is not None else None,
+                "last_error": self.driver.last_error}
 
     # --- asked for by hagentctl and the autopilot -------------------------------------------
     async def add_voter(self, node: str, *, auto: bool = False,

@@ -208,3 +208,15 @@ def test_the_drivers_commands_carry_changes_through_the_real_state():
         answer = apply({"op": "voters.change", KIND: REMOVE, "node": node, "term": 5,
                         "leader": "node1"})
         assert not answer["ok"] and why in answer["error"], answer
+
+
+def test_the_changers_status_names_the_action_waited_on_and_the_last_failure():
+    from hagent.voters.changer import VoterChanger
+
+    changer = VoterChanger(None, max_catchup_lag=100, catchup_timeout=60.0)
+    assert changer.status() == {"action": None, "last_error": None}
+    action = changer.driver.step(view(change(REMOVE, "node3", C)))
+    assert changer.status()["action"] == f"RemoveMember({C})"
+    changer.driver.done(action, False, "NOT_LEADER")
+    assert changer.status() == {"action": None,
+                                "last_error": f"RemoveMember({C}) failed: NOT_LEADER"}
