@@ -8,7 +8,8 @@ crashes is reported as such and the others still run.
 Run: python -m benchmarks.run [--quick] [--only NAME[,NAME...]]
 ``--quick`` (about 3 minutes) shortens every phase and skips the non-voter comparison;
 the full run takes about 10 minutes on a 2-core machine, plus ~20 for ``detection_sim``
-(1,000 simulated members).
+(1,000 simulated members) and ~10 for ``recovery_real_nova`` (real Nova labs, installed on
+first use).
 """
 from __future__ import annotations
 
@@ -23,9 +24,10 @@ from typing import Any
 from benchmarks import common
 
 #: In order: cheapest first, the 50-agent lab last among the labs; the membership simulator
-#: (CPU only, the longest) after them.
+#: (CPU only, the longest) after them; real Nova (~10 min, 1.8 GiB per lab) last.
 BENCHMARKS = ("state_scale", "submit_path", "failover", "idle", "lab50", "detection_sim",
-              "corosync_detect", "monitor_storm", "detection_lab", "recovery")
+              "corosync_detect", "monitor_storm", "detection_lab", "recovery",
+              "recovery_real_nova")
 #: Owned by another module; called through its own main(argv) (it writes its own JSON, here
 #: results/nonvoters_quick.json).
 NONVOTERS = "nonvoters"
