@@ -23,8 +23,9 @@ log = logging.getLogger(__name__)
 #: Seconds between two looks; also the period of a candidate's catch-up reports (the leader
 #: counts a report fresh for 3 s, hagent.voters.changer.PROGRESS_FRESH).
 TICK = 0.5
-#: Seconds between registration attempts that the log refused (a conflict an operator must
-#: fix, logged each time it changes) or could not commit.
+#: Seconds between registration attempts the log refused (a conflict an operator must fix,
+#: logged each time it changes); one it could not commit yet (no leader at start-up) is
+#: retried on the next look.
 REGISTER_RETRY = 5.0
 
 
@@ -58,24 +59,30 @@ class RoleWatcher:
             self._task = None
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             try:
-                if not self.registered and loop.time() >= self._next_register:
-                    await self._register()
-                    self._next_register = loop.time() + REGISTER_RETRY
-                if self.voter:
-                    await self._look_as_voter()
-                else:
-                    await self._look_as_non_voter()
+                await self.look()
             except asyncio.CancelledError:
                 raise
             except Exception:  # the watcher outlives any one look
                 log.exception("voter role check failed")
             await asyncio.sleep(self._tick)
 
+    async def look(self) -> None:
+        """One look: register if due, then act on the voter set as this role sees it."""
+        loop = asyncio.get_running_loop()
+        if not self.registered and loop.time() >= self._next_register:
+            if not await self._register():
+                self._next_register = loop.time() + REGISTER_RETRY
+        if self.voter:
+            await self._look_as_voter()
+        else:
+            await self._look_as_non_voter()
+
     # --- registration ---------------------------------------------------------------------
-    async def _register(self) -> None:
+    async def _register(self) -> bool:
+        """Propose this node's registration; False when the log refused it (retry later),
+        True when it is registered or the log could not commit it yet (retry now)."""
         me = self.me
         answer = await self._backend.propose({
             "op": "voters.register", "node": me.name, "raft_address": me.raft_address,
@@ -86,12 +93,15 @@ class RoleWatcher:
             log.info("registered as eligible for the voter set: raft %s, forward %s%s",
                      me.raft_address, me.forward_address,
                      f", failure domain {self._failure_domain}" if self._failure_domain else "")
-            return
+            return True
+        if answer.get("retryable"):
+            return True
         error = str(answer.get("error"))
-        if error != self._register_error and not answer.get("retryable"):
+        if error != self._register_error:
             log.warning("the log refused this node's registration as eligible (retrying every "
                         "%g s): %s", REGISTER_RETRY, error)
         self._register_error = error
+        return False
 
     # --- a non-voter -----------------------------------------------------------------------
     async def _look_as_non_voter(self) -> None:
