@@ -27,7 +27,7 @@ from benchmarks import common
 #: (CPU only, the longest) after them; real Nova (~10 min, 1.8 GiB per lab) last.
 BENCHMARKS = ("state_scale", "submit_path", "failover", "idle", "lab50", "detection_sim",
               "corosync_detect", "monitor_storm", "detection_lab", "recovery",
-              "voter_replacement", "recovery_real_nova")
+              "voter_changes", "voter_replacement", "recovery_real_nova")
 #: Owned by another module; called through its own main(argv) (it writes its own JSON, here
 #: results/nonvoters_quick.json).
 NONVOTERS = "nonvoters"
