@@ -1382,7 +1382,8 @@ def check_config_main(path: str, *, check_secret: bool = True) -> int:
 
     Returns the exit status: 1 if the agent would refuse to start, else 0. With
     ``check_secret`` the files start-up reads are read too, so a wrong mode is caught
-    before a restart: the Raft secret on a voter (non-voters never hold it), the CURVE
+    before a restart: the Raft secret on a node that may vote (`raft.bind` set; plain
+    non-voters never hold it, an eligible one needs it once promoted), the CURVE
     key file when forwarding or gossip is configured, and the BMC inventory.
     """
     try:
@@ -1395,7 +1396,7 @@ def check_config_main(path: str, *, check_secret: bool = True) -> int:
         from hagent.secretfile import SecretFileError, read_secret
 
         problems = []
-        if config.is_voter:
+        if config.eligible:
             try:
                 read_secret(config.raft.secret_file)
             except SecretFileError as exc:

@@ -57,6 +57,7 @@ from hagent.forward.metrics import register_forward_metrics
 from hagent.membership.service import MembershipService
 from hagent.metrics import register_agent_metrics, register_gossip_metrics
 from hagent.monitors.runner import Monitors
+from hagent.secretfile import SecretFileError, read_secret
 from hagent.spool import Spool
 from hagent.status_http import StatusServer
 from hagent.submitter import Submitter
@@ -147,7 +148,8 @@ class Agent:
         key_pair = read_key_pair(config.security.key_file) if config.forwarding else None
         self.role_watcher: RoleWatcher | None = None
         if key_pair is not None:
-            me = Me(self.name, config.raft.bind, config.own_forward_endpoint, key_pair.public)
+            raft_address = config.raft.bind if self._may_vote(config) else ""
+            me = Me(self.name, raft_address, config.own_forward_endpoint, key_pair.public)
             self.role_watcher = RoleWatcher(
                 self.backend, me, self.local_voters, voter=config.is_voter,
                 failure_domain=config.voters.failure_domain, state_dir=state_dir,
@@ -245,6 +247,20 @@ class Agent:
         self.backend.remove_apply_observer(self.recovery.observe)
         await self.recovery.stop()
         self._nova.close()
+
+    @staticmethod
+    def _may_vote(config: Config) -> bool:
+        """Whether this node may be promoted: it has a Raft address and, if it is a
+        non-voter, a Raft secret it can read now (a candidate that could not read it would
+        fail to start as a voter). One that cannot is not registered, so never promoted."""
+        if not config.eligible or config.is_voter:
+            return config.eligible
+        try:
+            read_secret(config.raft.secret_file)
+        except SecretFileError as exc:
+            log.error("not registering as eligible for the voter set: %s", exc)
+            return False
+        return True
 
     def request_switch(self, switch: Switch) -> None:
         """Stop the agent for a re-exec into ``switch`` (first request wins)."""
@@ -368,21 +384,43 @@ async def _watchdog_pings(interval: float) -> None:
         await asyncio.sleep(interval)
 
 
+def _give_up_candidacy(config: Config) -> None:
+    """A promotion candidate that cannot start as a voter (its Raft address taken, its
+    secret unreadable, ...) starts as a non-voter next time instead of failing the same way
+    forever: the leader aborts the add once it does not catch up."""
+    try:
+        local = localfile.effective(config)
+        if local.pending:
+            localfile.save(config.node.state_dir, local.voters)
+            log.error("could not start as a voter to be promoted: the next start is as a "
+                      "non-voter (the leader aborts the add)")
+    except Exception:  # the start-up failure being raised is what matters
+        log.exception("could not give up the promotion after a failed start")
+
+
 async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
     """Run the agent until SIGTERM/SIGINT (or ``stop``); returns the exit status."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    agent = Agent(config)
+    try:
+        agent = Agent(config)
+    except Exception:
+        _give_up_candidacy(config)
+        raise
     agent._stop = stop
-    config = agent.config  # as this process runs it: raft.voters is the effective set
+    configured, config = config, agent.config  # as this process runs it: the effective set
     tasks: list[asyncio.Task] = []
     exit_status = [0]
     started: list[Component] = []
     try:
         for part in agent.components():
-            await _call(part.start)
+            try:
+                await _call(part.start)
+            except Exception:
+                _give_up_candidacy(configured)
+                raise
             started.append(part)
         tasks.append(asyncio.create_task(_exit_on_fatal(agent, stop, exit_status)))
         interval = sdnotify.watchdog_interval()

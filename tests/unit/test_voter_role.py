@@ -167,3 +167,45 @@ def test_a_non_voter_without_records_forwards_to_the_bootstrap_voters(tmp_path: 
                         'bind = "10.0.0.1:7170"\n')
     with pytest.raises(VoterFileError, match="no voter in it has a known forward endpoint"):
         localfile.forward_targets(bare, local)
+
+
+def test_an_eligible_node_needs_a_readable_secret_to_register_and_check_config_says_so(
+        tmp_path: Path, caplog, capsys):
+    from hagent.config import check_config_main
+    from hagent.daemon import Agent
+    from hagent.secretfile import write_secret
+
+    secret = tmp_path / "cluster.secret"
+    write_secret(secret)
+    text = (f'[node]\nname = "node4"\nstate_dir = "{tmp_path}"\n[raft]\n'
+            f'voters = ["10.0.0.1:7170", "10.0.0.2:7170", "10.0.0.3:7170"]\n'
+            f'bind = "10.0.0.4:7170"\nsecret_file = "{secret}"\n[forward]\n'
+            f'endpoints = ["10.0.0.1:7171", "10.0.0.2:7171", "10.0.0.3:7171"]\n'
+            f'bind = "10.0.0.4:7171"\n[security]\nvoter_keys = {KEYS!r}\n'
+            f'key_file = "{tmp_path / "node.key"}"\n').replace("'", '"')
+    from hagent.forward.keys import write_key_pair
+
+    write_key_pair(tmp_path / "node.key")
+    path = tmp_path / "hagent.toml"
+    path.write_text(text)
+    assert Agent._may_vote(loads_config(text)) and check_config_main(str(path)) == 0
+    secret.chmod(0o644)  # others may read it: a voter would refuse to start with it
+    with caplog.at_level(logging.ERROR):
+        assert not Agent._may_vote(loads_config(text))
+    assert "not registering as eligible for the voter set" in caplog.text
+    assert check_config_main(str(path)) == 1
+    assert "raft.secret_file" in capsys.readouterr().err
+
+
+def test_a_candidate_that_cannot_start_as_a_voter_starts_as_a_non_voter_next_time(
+        tmp_path: Path):
+    from hagent.daemon import _give_up_candidacy
+
+    localfile.save(tmp_path, (record(1), record(2), record(3)), pending=True,
+                   self_address="10.0.0.4:7170")
+    assert localfile.effective(config(tmp_path)).pending
+    _give_up_candidacy(config(tmp_path))
+    local = localfile.effective(config(tmp_path))
+    assert not local.pending and local.addresses == ["10.0.0.1:7170", "10.0.0.2:7170",
+                                                     "10.0.0.3:7170"]
+    assert localfile.run_config(config(tmp_path), local).is_voter is False
