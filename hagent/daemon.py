@@ -33,6 +33,7 @@ a ``VoterChanger``, which carries out voter changes while this node leads.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import signal
@@ -66,7 +67,7 @@ from hagent.voters.autopilot import Autopilot
 from hagent.voters.changer import VoterChanger, VoterChangeRefused
 from hagent.voters.role import Me, Switch
 from hagent.voters.view import describe
-from hagent.voters.watcher import RoleWatcher
+from hagent.voters.watcher import RoleWatcher, ask_voters
 from recovery.engine import RecoveryEngine
 from recovery.nova import NovaClient
 
@@ -153,7 +154,7 @@ class Agent:
             self.role_watcher = RoleWatcher(
                 self.backend, me, self.local_voters, voter=config.is_voter,
                 failure_domain=config.voters.failure_domain, state_dir=state_dir,
-                switch=self.request_switch)
+                switch=self.request_switch, ask=functools.partial(ask_voters, key_pair=key_pair))
         self.membership: MembershipService | None = None
         if config.gossip.bind:
             self.membership = MembershipService(config, read_key_pair(config.security.key_file),

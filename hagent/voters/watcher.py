@@ -7,13 +7,24 @@ log names, and asks the daemon to re-exec when the node's role must change
 Every ``TICK`` it looks once: a voter at its own applied state (and Raft status), a
 non-voter at the voter set the voter it talks to served in its last status. All of it runs
 on the daemon's loop; nothing here blocks.
+
+A voter that hears no leader for ``ORPHAN_AFTER`` also asks the voters it knows over the
+forward path (``ask_voters``): a voter removed while it was down, whose saved set no longer
+names the leader, is never sent the log (only the leader sends it) and would never learn of
+its removal; meanwhile its lease renewals commit nowhere and its watchdog would power the
+host off. A voter that knows a leader and says this node is out of the set sends it back to
+being a non-voter.
 """
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-from typing import Any, Callable, Mapping
+import time
+from typing import Any, Awaitable, Callable, Mapping
 
+from hagent.forward.client import ForwardClient, ForwardUnavailable
+from hagent.forward.keys import KeyPair
 from hagent.voters import localfile, role
 from hagent.voters.localfile import LocalVoters
 from hagent.voters.role import Me, Switch
@@ -27,6 +38,36 @@ TICK = 0.5
 #: logged each time it changes); one it could not commit yet (no leader at start-up) is
 #: retried on the next look.
 REGISTER_RETRY = 5.0
+#: Seconds without a known leader after which a voter asks the voters it knows whether it
+#: still is one: longer than an election (~1-2 s), well inside the lease's renewal margin
+#: (a node that renews nothing self-fences within lease_ttl - safety_margin).
+ORPHAN_AFTER = 2.0
+#: Seconds between two such questions, and how long one waits for an answer.
+ASK_INTERVAL = 2.0
+ASK_TIMEOUT = 1.0
+
+Ask = Callable[[list[Mapping[str, Any]]], Awaitable["dict[str, Any] | None"]]
+
+
+async def ask_voters(voters: list[Mapping[str, Any]], *, key_pair: KeyPair,
+                     timeout: float = ASK_TIMEOUT) -> dict[str, Any] | None:
+    """The voter set (``voter_set`` of its status) as the first of ``voters`` that answers
+    and knows a leader has it; None when none does. A one-off forward client, closed after."""
+    if not voters:
+        return None
+    client = ForwardClient([v["forward_address"] for v in voters],
+                           [v["raft_address"] for v in voters],
+                           [v["public_key"] for v in voters], key_pair, timeout)
+    await client.start()
+    try:
+        _, status = await client.status(timeout=timeout)
+    except ForwardUnavailable:
+        return None
+    finally:
+        await client.close()
+    if not isinstance(status, dict) or not status.get("leader"):
+        return None
+    return status.get("voter_set")
 
 
 class RoleWatcher:
@@ -34,7 +75,10 @@ class RoleWatcher:
 
     def __init__(self, backend: Any, me: Me, local: LocalVoters, *, voter: bool,
                  failure_domain: str, state_dir: Any,
-                 switch: Callable[[Switch], None], tick: float = TICK) -> None:
+                 switch: Callable[[Switch], None], ask: Ask | None = None,
+                 tick: float = TICK, clock: Callable[[], float] = time.monotonic) -> None:
+        """``ask``: how a voter without a leader asks the voters it knows for the voter set
+        (``ask_voters`` with this node's key pair); None: it does not ask."""
         self._backend = backend
         self.me = me
         self.local = local
@@ -43,22 +87,31 @@ class RoleWatcher:
         self._state_dir = state_dir
         self._switch = switch
         self._tick = tick
-        self._task: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task] = []
         self.registered = not me.raft_address  # nothing to register without a Raft address
         self._register_error: str | None = None
-        self._next_register = 0.0
         self.reports = 0  # catch-up reports the log took (a candidate's)
+        self._reporting: asyncio.Task | None = None
+        self._ask = ask
+        self._clock = clock
+        self._leaderless_since: float | None = None
+        self._next_ask = 0.0
 
     async def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="voter-role")
+        """Looks and registration run as separate tasks: a proposal that waits for a leader
+        (up to its timeout) must not hold back the look that notices there is none."""
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._looking(), name="voter-role"),
+                       loop.create_task(self._registering(), name="voter-registration")]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        tasks = [*self._tasks, *([self._reporting] if self._reporting else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks, self._reporting = [], None
 
-    async def _run(self) -> None:
+    async def _looking(self) -> None:
         while True:
             try:
                 await self.look()
@@ -68,21 +121,30 @@ class RoleWatcher:
                 log.exception("voter role check failed")
             await asyncio.sleep(self._tick)
 
+    async def _registering(self) -> None:
+        while not self.registered:
+            try:
+                retry_soon = await self.register()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("registration failed")
+                retry_soon = False
+            if not self.registered:
+                await asyncio.sleep(self._tick if retry_soon else REGISTER_RETRY)
+
     async def look(self) -> None:
-        """One look: register if due, then act on the voter set as this role sees it."""
-        loop = asyncio.get_running_loop()
-        if not self.registered and loop.time() >= self._next_register:
-            if not await self._register():
-                self._next_register = loop.time() + REGISTER_RETRY
+        """One look at the voter set as this role sees it."""
         if self.voter:
             await self._look_as_voter()
         else:
             await self._look_as_non_voter()
 
     # --- registration ---------------------------------------------------------------------
-    async def _register(self) -> bool:
-        """Propose this node's registration; False when the log refused it (retry later),
-        True when it is registered or the log could not commit it yet (retry now)."""
+    async def register(self) -> bool:
+        """Propose this node's registration once (``registered`` says if it took); True to
+        try again soon (the log could not commit it yet), False after a refusal (an operator
+        must fix it: REGISTER_RETRY)."""
         me = self.me
         answer = await self._backend.propose({
             "op": "voters.register", "node": me.name, "raft_address": me.raft_address,
@@ -93,7 +155,7 @@ class RoleWatcher:
             log.info("registered as eligible for the voter set: raft %s, forward %s%s",
                      me.raft_address, me.forward_address,
                      f", failure domain {self._failure_domain}" if self._failure_domain else "")
-            return True
+            return False
         if answer.get("retryable"):
             return True
         error = str(answer.get("error"))
@@ -125,8 +187,11 @@ class RoleWatcher:
         backend = self._backend
         doc = backend.query("voters", {})
         status = backend.raft.status()
-        if self.local.pending and role.promoting_me(self.me, doc):
-            await self._report(status)
+        if await self._orphaned(status):
+            return
+        if self.local.pending and role.promoting_me(self.me, doc) \
+                and (self._reporting is None or self._reporting.done()):
+            self._reporting = asyncio.get_running_loop().create_task(self._report(status))
         caught_up = _caught_up(status)
         switch = role.as_voter(self.me, doc, caught_up=caught_up, pending=self.local.pending)
         if switch is not None:
@@ -144,6 +209,31 @@ class RoleWatcher:
         # The RaftNode keeps the file's addresses; the records are the agent's.
         localfile.save_records(self._state_dir, committed)
         self.local = LocalVoters(committed, source="log")
+
+    async def _orphaned(self, status: Mapping[str, Any]) -> bool:
+        """No leader for ORPHAN_AFTER: ask the voters it knows; True if it switched."""
+        now = self._clock()
+        if status.get("leader"):
+            self._leaderless_since = None
+            return False
+        if self._leaderless_since is None:
+            self._leaderless_since = now
+        if self._ask is None or now - self._leaderless_since < ORPHAN_AFTER \
+                or now < self._next_ask:
+            return False
+        self._next_ask = now + ASK_INTERVAL
+        others = [v for v in localfile.forwardable(self.local)
+                  if v["raft_address"] != self.me.raft_address]
+        voter_set = await self._ask(others)
+        if not voter_set:
+            return False
+        switch = role.as_voter(self.me, voter_set, caught_up=True, pending=self.local.pending)
+        if switch is None:
+            return False
+        self._switch(dataclasses.replace(
+            switch, reason=f"{switch.reason}, as a voter that knows the leader says (this "
+                           f"node has heard no leader for {now - self._leaderless_since:.0f} s)"))
+        return True
 
     async def _report(self, status: Mapping[str, Any]) -> None:
         applied = status.get("applied_index") or 0

@@ -272,3 +272,36 @@ def test_non_voters_find_the_log_after_every_original_voter_was_replaced(lab: La
         assert status["role"] == "replica" and status["forward_voter"] in new_set, status
         assert sorted(voters(lab, name)) == ["node4", "node5", "node6"]
     assert notify(lab, "node2", 3)["committed"]
+
+
+def test_a_voter_removed_while_down_whose_saved_set_names_no_leader_comes_back(lab: Lab,
+                                                                             capsys):
+    """node1 is promoted, stopped, and removed while down; its saved voter set (edited here
+    to name no leader, as after the set moved on while it was away) reaches only followers,
+    which never send it the log. It hears no leader, asks the voters it knows, learns it is
+    out and comes back as a non-voter, before its lease would have fenced its host."""
+    from consensus import voterfile
+
+    assert ctl(lab, lab.leader(), "raft", "add-voter", "node1", capsys=capsys)[0] == 0
+    lab.stop("node1")
+    leader = lab.leader()
+    code, _, err = ctl(lab, leader, "raft", "remove-voter", "node1", capsys=capsys)
+    assert code == 0, err
+    saved = Path(lab.node("node1").config).parent / "state" / "voters.json"
+    gone = lab.node(leader).raft_address
+    before = voterfile.load(saved)
+    assert gone in before.voters and lab.node("node1").raft_address in before.voters
+    voterfile.update(saved, voters=[a for a in before.voters if a != gone],
+                     records=[r for r in before.extra["records"] if r["raft_address"] != gone])
+    started = time.monotonic()
+    lab.start("node1")
+    until("node1 a ready non-voter", lambda: lab.status("node1")["role"] == "replica"
+          and lab.status("node1")["ready"])
+    with capsys.disabled():
+        print(f"\nremoved voter back as a non-voter {time.monotonic() - started:.2f} s after "
+              f"its start")
+    assert lab.power_state("node1")["on"] and lab.state("node1") == "running"
+    log_text = Path(lab.node("node1").log).read_text().rsplit(START_MARKER, 1)[-1]
+    assert "as a voter that knows the leader says" in log_text
+    assert "self-fencing" not in log_text
+    assert sorted(voters(lab, "node1")) == ["node4", "node5", "node6"]

@@ -66,9 +66,10 @@ class NonVoter:
 class Raft:
     def __init__(self) -> None:
         self.applied, self.leader_commit = 0, 0
+        self.leader: str | None = "10.0.0.1:7170"
 
     def status(self) -> dict[str, Any]:
-        return {"ready": True, "leader": "10.0.0.1:7170", "applied_index": self.applied,
+        return {"ready": True, "leader": self.leader, "applied_index": self.applied,
                 "leader_commit_index": self.leader_commit, "commit_index": self.applied}
 
 
@@ -85,9 +86,9 @@ class Voter(NonVoter):
 
 
 def watcher(backend: Any, local: LocalVoters, tmp_path: Path, *, voter: bool,
-            switches: list) -> RoleWatcher:
+            switches: list, **kw: Any) -> RoleWatcher:
     return RoleWatcher(backend, ME, local, voter=voter, failure_domain="rack-b",
-                       state_dir=tmp_path, switch=switches.append, tick=0.01)
+                       state_dir=tmp_path, switch=switches.append, **kw)
 
 
 def test_a_non_voter_registers_follows_the_voters_and_re_execs_when_its_add_starts(tmp_path):
@@ -99,13 +100,10 @@ def test_a_non_voter_registers_follows_the_voters_and_re_execs_when_its_add_star
         switches: list = []
         w = watcher(backend, LocalVoters(tuple(record(i) for i in (1, 2, 3))), tmp_path,
                     voter=False, switches=switches)
-        await w.look()
+        assert await w.register() is False  # refused: tried again after REGISTER_RETRY
         assert not w.registered and "node4" not in log.state.voters()["registry"]
         backend.refuse = None
-        await w.look()
-        assert not w.registered  # a refusal is retried after REGISTER_RETRY, not each look
-        w._next_register = 0.0
-        await w.look()
+        await w.register()
         assert w.registered
         assert log.state.voters()["registry"]["node4"]["failure_domain"] == "rack-b"
         assert not backend.used  # the set it has is the log's
@@ -146,7 +144,8 @@ def test_a_candidate_reports_catch_up_and_a_removed_voter_goes_back(tmp_path):
         w = watcher(backend, LocalVoters(tuple(record(i) for i in (1, 2, 3)), pending=True),
                     tmp_path, voter=True, switches=switches)
         await w.look()
-        assert w.reports == 1 and w.registered
+        await w._reporting  # the report runs beside the looks
+        assert w.reports == 1
         progress = log.state.voters()["change"]["progress"]
         assert progress["applied"] == 40 and progress["leader_commit"] == 50
         assert not switches  # still catching up: its add is in flight
@@ -154,7 +153,7 @@ def test_a_candidate_reports_catch_up_and_a_removed_voter_goes_back(tmp_path):
                           "term": 1})["ok"]
         backend.raft.applied = backend.raft.leader_commit = 60
         await w.look()
-        assert not w.local.pending and not switches and w.reports == 1
+        assert not w.local.pending and not switches and w._reporting.done() and w.reports == 1
         assert voterfile.load(localfile.path_in(tmp_path)).extra["records"][3]["node"] == "node4"
         assert log.apply({"op": "voters.change", "change": "remove", "node": "node4",
                           "term": 1})["ok"]
@@ -167,5 +166,44 @@ def test_a_candidate_reports_catch_up_and_a_removed_voter_goes_back(tmp_path):
         await w.look()
         (switch,) = switches
         assert switch.to == NON_VOTER and switch.reason == "removed from the voter set (term 1)"
+        assert sorted(v["node"] for v in switch.voters) == ["node1", "node2", "node3"]
+    asyncio.run(main())
+
+
+def test_a_voter_that_hears_no_leader_asks_the_voters_it_knows(tmp_path):
+    """node4 was removed while it was down and its saved set no longer names the leader: it
+    hears no leader, asks the voters it knows, and one that knows the leader says it is out:
+    back to non-voter. During an ordinary election (no one knows a leader) it stays."""
+    async def main() -> None:
+        log = Log()
+        log.setup()  # the set is node1-3; node4 is not in it
+        backend = Voter(log)
+        backend.raft.leader = None
+        now = [100.0]
+        asked: list[list[str]] = []
+        answer: list[dict | None] = [None]
+
+        async def ask(voters: list[dict[str, Any]]) -> dict | None:
+            asked.append([v["raft_address"] for v in voters])
+            return answer[0]
+
+        switches: list = []
+        local = LocalVoters(tuple(record(i) for i in (1, 3, 4)))  # what node4 saved back then
+        w = watcher(backend, local, tmp_path, voter=True, switches=switches, ask=ask,
+                    clock=lambda: now[0])
+        await w.look()
+        assert not asked  # an election may be running: not yet
+        now[0] += 2.5
+        await w.look()
+        assert asked == [["10.0.0.1:7170", "10.0.0.3:7170"]] and not switches  # nobody knows
+        now[0] += 1.0
+        await w.look()
+        assert len(asked) == 1  # not more often than every ASK_INTERVAL
+        answer[0] = status_summary(log.state.voters())
+        now[0] += 1.5
+        await w.look()
+        (switch,) = switches
+        assert switch.to == NON_VOTER and switch.reason.startswith("removed from the voter set")
+        assert "as a voter that knows the leader says" in switch.reason
         assert sorted(v["node"] for v in switch.voters) == ["node1", "node2", "node3"]
     asyncio.run(main())
