@@ -288,7 +288,14 @@ class HagentTransport(TCPTransport):
                 self.acks_ahead_of_disk += 1
                 log.error("durability bug: ack for index %d while only %d is on disk",
                           message["next_node_idx"] - 1, self._journal.durable_index)
-        return super().send(node, message)
+        # pysyncobj's send() looks the connection up again after sending; a failed send
+        # disconnects synchronously and _onDisconnected forgets a read-only peer's link, so
+        # that second lookup raised KeyError in the Raft thread. Hold the connection instead.
+        conn = self._connections.get(node)
+        if conn is None or conn.state != CONNECTION_STATE.CONNECTED:
+            return False
+        conn.send(message)
+        return conn.state == CONNECTION_STATE.CONNECTED
 
     def halt(self) -> None:
         self._halted = True
