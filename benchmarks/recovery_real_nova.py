@@ -16,7 +16,9 @@ poll every 0.25 s on both backends) shows the last of them ACTIVE on another hos
 log's records give the steps on the way (dead in gossip, STOPPED, fenced, forced down,
 disabled, evacuations asked and confirmed, finished), and every run is checked: one
 ``evacuate`` instance action per instance, each ACTIVE off the dead host, the notification
-``finished``.
+``finished``. Also recorded: whether the notification needed a retry (an evacuation the
+engine counted failed), how long an instance showed ACTIVE on the dead host after its
+rebuild (real Nova moves ``host`` last), and where the scheduler put the instances.
 
 - (main) kill -> all 10 ACTIVE, real vs simulator, with the ratio real / simulator, both
   for the whole recovery and for its Nova part (fenced -> all ACTIVE).
@@ -29,7 +31,7 @@ Goal: on real Nova, kill -> all ACTIVE <= lease_ttl + 10 s on the slowest run, t
 benchmarks/recovery.py (a) sets on the simulator.
 
 Run: python -m benchmarks.recovery_real_nova [--quick] [--runs N] [--no-concurrency]
-(about 10 minutes on 2 cores; --quick about 3)
+(about 10 minutes on 2 cores, each real Nova lab ~1.8 GiB; --quick about 3)
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -117,19 +120,29 @@ def _wait(what: str, check: Any, timeout: float, period: float = 0.2) -> Any:
 
 
 def _watch_active(conn: Any, kill: timeline.Kill, ids: list[str],
-                  deadline: float) -> dict[str, float]:
+                  deadline: float) -> tuple[dict[str, float], dict[str, float]]:
     """Seconds after the kill at which Nova's API first showed each instance ACTIVE on
-    another host (those seen by ``deadline``)."""
+    another host (those seen by ``deadline``); and, per instance seen so, how long before
+    that it already showed ACTIVE with no task on the dead host after its rebuild had
+    started: the end of a successful evacuation, before Nova's finish_evacuation moves the
+    instance's host (docs/nova-real.md, "What differs from the simulator")."""
     back: dict[str, float] = {}
+    rebuilding: set[str] = set()
+    limbo: dict[str, float] = {}
     wanted = set(ids)
     while len(back) < len(wanted) and time.monotonic() < deadline:
         now = time.monotonic() - kill.monotonic
         for server in conn.compute.servers(all_projects=True, details=True):
-            if server.id in wanted and server.id not in back and server.status == "ACTIVE" \
-                    and server.compute_host not in (kill.host, None):
+            if server.id not in wanted or server.id in back:
+                continue
+            if server.status == "ACTIVE" and server.compute_host not in (kill.host, None):
                 back[server.id] = round(now, 3)
+            elif server.task_state is not None:
+                rebuilding.add(server.id)
+            elif server.id in rebuilding and server.status == "ACTIVE":
+                limbo.setdefault(server.id, now)
         time.sleep(POLL)
-    return back
+    return back, {i: round(back[i] - t, 3) for i, t in limbo.items() if i in back}
 
 
 def one_run(backend: str, rng: random.Random, instances: int = INSTANCES,
@@ -151,7 +164,7 @@ def one_run(backend: str, rng: random.Random, instances: int = INSTANCES,
             time.sleep(pause)  # the kill lands anywhere in the renewal cycle, not a sync
             kill = timeline.kill(lab, victim, "kill-host")
             deadline = kill.monotonic + LEASE_TTL + 60.0 + (instances / c) * 15.0
-            back = _watch_active(conn, kill, ids, deadline)
+            back, limbo = _watch_active(conn, kill, ids, deadline)
             reader = timeline.Reader(lab, kill)
             incident = _wait("the notification ended",
                              lambda: (i := reader.incident()) and i["notification_status"]
@@ -187,6 +200,11 @@ def one_run(backend: str, rng: random.Random, instances: int = INSTANCES,
         "per_instance_active_s_p50": (round(statistics.median(back.values()), 3)
                                       if back else None),
         "evacuate_actions": sum(evacuations.values()),
+        # Where the scheduler put them (real Nova's concurrent requests weigh the same view).
+        "destinations": dict(Counter(getattr(servers.get(i), "compute_host", None)
+                                     for i in ids)),
+        "active_on_dead_host_after_rebuild": {"instances": len(limbo),
+                                               "max_s": max(limbo.values(), default=None)},
         # Attempts of the notification (1: no retry) and evacuations the engine counted as
         # failed although Nova went on with them (docs/nova-real.md, "What differs").
         "attempts": max((s.get("attempt") or 1 for s in steps), default=1),
@@ -248,7 +266,8 @@ def _describe(r: dict[str, Any]) -> str:
             f"down {m['forced_down']}, disabled {m['disabled']}, first evacuate "
             f"{m['first_evacuate']}, first ACTIVE {m['first_active']}; {r['concurrency']} at "
             f"a time; attempts {r.get('attempts')}, evacuations counted failed "
-            f"{r.get('evacuate_steps_failed')}); {'ok' if r['ok'] else 'FAILED: ' + '; '.join(r['problems'])}")
+            f"{r.get('evacuate_steps_failed')}, ACTIVE on the dead host after the rebuild "
+            f"{r.get('active_on_dead_host_after_rebuild')}, to {r.get('destinations')}); {'ok' if r['ok'] else 'FAILED: ' + '; '.join(r['problems'])}")
 
 
 def _stats(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
@@ -261,7 +280,7 @@ def _ratio(real: float | None, sim: float | None) -> float | None:
 
 def run(quick: bool = False, *, runs: int | None = None,
         concurrency_part: bool = True) -> dict[str, Any]:
-    runs = runs or (1 if quick else 4)
+    runs = runs or (1 if quick else 3)
     rng = random.Random(SEED)
     started = time.perf_counter()
     doc: dict[str, Any] = {"quick": quick, "nodes": NODES, "instances": INSTANCES,

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -142,6 +143,7 @@ def test_host_killed_on_real_nova_leader_killed_mid_evacuation_each_ha_instance_
             got = servers[server]
             assert (got.status, got.compute_host in survivors) == ("ACTIVE", True), \
                 (server, got.status, got.compute_host)
+        print(f"HA instances now on {Counter(servers[s].compute_host for s in ha)}")
         for server in non_ha:  # left alone on the dead host, as real Nova shows them
             got = servers[server]
             assert (got.status, got.compute_host) == ("ACTIVE", victim), \
@@ -156,7 +158,7 @@ def test_host_killed_on_real_nova_leader_killed_mid_evacuation_each_ha_instance_
         started = min(nova_time(a["start_time"]) for s in ha for a in evacuations[s])
         assert started >= int(off_wall), (started, off_wall)  # Nova stores whole seconds
 
-        # The log: fenced after the power-off, by its lease; every step once, done.
+        # The log: fenced after the power-off, by its lease; every step done once.
         incident = lab.admin(new_leader, "incident.show", {"hostname": victim}, timeout=5)
         fenced_wall = dt.datetime.fromisoformat(incident["fenced_at"]).timestamp()
         assert lab.power_state(victim)["reason"] == "lab"
@@ -167,14 +169,23 @@ def test_host_killed_on_real_nova_leader_killed_mid_evacuation_each_ha_instance_
         vmoves = {v["instance_uuid"]: v["status"] for v in record["vmoves"]}
         assert vmoves == {**{s: "succeeded" for s in ha}, **{s: "ignored" for s in non_ha}}
         for step in ("wait_fenced", "force_down", "disable_service", "prepare_instances"):
-            assert [s["outcome"] for s in steps_of(record, step)] == ["done"], step
-        # Who evacuated what: both leaders did some; an intent the dead leader left open
-        # was closed by the new one (confirmed as done if Nova shows the call happened).
-        by_term = {s: [(st["term"], st["outcome"]) for st in steps_of(record, "evacuate", s)]
-                   for s in ha}
-        assert all(steps and steps[-1][1] == "done" for steps in by_term.values()), by_term
-        done_by = {s: next(t for t, o in steps if o == "done") for s, steps in by_term.items()}
-        assert set(done_by.values()) == {old_term, new_term}, by_term
+            outcomes = [s["outcome"] for s in steps_of(record, step)]  # a retry: skipped
+            assert outcomes[:1] == ["done"] and set(outcomes[1:]) <= {"skipped"}, (step,
+                                                                                   outcomes)
+        # The log's side: each HA instance's evacuate steps end "done" (the call made, or a
+        # dead leader's open intent the new leader found carried out) or "skipped" (Nova
+        # already showed it moved), both leaders took part, and the new one finished. A step
+        # may be closed "failed" first: as not carried out before the leader changed (then
+        # repeated), or by the engine reading a finished real-Nova rebuild as "did not
+        # evacuate" (docs/nova-real.md, "What differs from the simulator"; the retry then
+        # finds it moved). Calls are counted by Nova's instance actions above, not here.
+        steps = {s: [(st["term"], st["outcome"]) for st in steps_of(record, "evacuate", s)]
+                 for s in ha}
+        assert all(seq and seq[-1][1] in ("done", "skipped") for seq in steps.values()), steps
+        terms = {t for seq in steps.values() for t, _ in seq}
+        assert {old_term, new_term} <= terms and max(terms) == new_term, steps
+        print(f"evacuate steps closed failed on the way: "
+              f"{sum(o == 'failed' for seq in steps.values() for _, o in seq)}")
 
         # Neither survivor was fenced: the restarted leader renewed its lease in time.
         for node in survivors:
