@@ -24,6 +24,8 @@ ENGINE_MICROVERSION = "2.94"
 HOSTS = ["cmp1", "cmp2", "cmp3"]
 HA_KEY = "HA_Enabled"  # Masakari's (and hagent's) instance metadata key
 FLAVOR = "lab.tiny"    # 1 vCPU, 64 MB, 0 GB: offered by both labs (REAL-NOVA.md)
+#: A member may not boot a zero-disk flavor from an image (Nova's zero_disk_flavor policy).
+MEMBER_FLAVOR = "m1.tiny"  # 1 vCPU, 512 MB, 1 GB
 
 _T = TypeVar("_T")
 
@@ -73,6 +75,7 @@ class Backend:
         self.conn = self.connect(compute_api_version=ENGINE_MICROVERSION)
         self.demo = self.connect(demo=True, compute_api_version=ENGINE_MICROVERSION)
         self.flavor = self.conn.compute.find_flavor(FLAVOR, ignore_missing=False)
+        self.member_flavor = self.conn.compute.find_flavor(MEMBER_FLAVOR, ignore_missing=False)
         self._booted: list[str] = []
         self._killed: set[str] = set()
 
@@ -91,15 +94,17 @@ class Backend:
 
     def boot(self, *, host: str | None = None, ha: bool = True, conn: Any = None,
              metadata: dict[str, str] | None = None, wait: bool = True) -> Any:
-        """Boot one lab.tiny server through openstacksdk, pinned to ``host``
-        (availability_zone ``nova:HOST``, admin only) or where the scheduler puts it;
-        ``networks='none'``; wait until ACTIVE. The Server as Nova shows it then."""
+        """Boot one server through openstacksdk (lab.tiny for the admin, m1.tiny for the
+        demo member), pinned to ``host`` (availability_zone ``nova:HOST``, admin only) or
+        where the scheduler puts it; ``networks='none'``; wait until ACTIVE. The Server as
+        Nova shows it then."""
         conn = conn or self.conn
+        flavor = self.member_flavor if conn is self.demo else self.flavor
         meta = dict(metadata or {})
         if ha:
             meta[HA_KEY] = "True"
         attrs: dict[str, Any] = {"name": f"contract-{uuid.uuid4().hex[:8]}",
-                                 "flavor_id": self.flavor.id, "image_id": self.image,
+                                 "flavor_id": flavor.id, "image_id": self.image,
                                  "networks": "none", "metadata": meta}
         if host is not None:
             attrs["availability_zone"] = f"nova:{host}"
@@ -160,24 +165,39 @@ class Backend:
         self._killed.add(host)
         self.handle.stop_compute(host)
 
-    def start_compute(self, host: str) -> None:
-        """Start the host's nova-compute again (returns before it reports)."""
+    def start_compute(self, host: str) -> Any:
+        """Start the host's nova-compute again and wait until it has reported (its
+        service's ``updated_at`` moved on): only then has it finished init_host. Before,
+        Nova may still call the service up on the dead process's last heartbeats, and a
+        server built there meanwhile is put in ERROR by init_host as an interrupted build.
+        The service."""
+        before = self.service(host).updated_at
         self.handle.start_compute(host)
         self._killed.discard(host)
 
+        def reported() -> Any:
+            service = self.service(host)
+            return service if service.updated_at != before else None
+        return self.poll(reported, self.deadlines.compute_start,
+                         f"the restarted nova-compute on {host} to report")
+
     def unset_forced_down(self, host: str) -> Any:
-        """``forced_down: false``, repeated while Nova refuses it because evacuations from
-        the host are not yet cleaned up by its restarted nova-compute; the service."""
-        def attempt() -> Any:
+        """``forced_down: false``; the service. Nova refuses it while evacuations from the
+        host are ``done`` and not yet completed by its nova-compute's start (init_host):
+        then the compute is restarted and the call repeated, once or twice (an evacuation
+        still running when the compute last started sets its migration done afterwards)."""
+        for attempt in range(3):
             try:
                 return self.conn.compute.update_service_forced_down(self.service(host),
                                                                     forced=False)
             except osexc.BadRequestException as exc:
-                if "Unable to force up host" not in str(exc):
+                if "Unable to force up host" not in str(exc) or attempt == 2:
                     raise
-                return None
-        return self.poll(attempt, self.deadlines.compute_start,
-                         f"forced_down unset on {host}")
+            log.info("%s: restarting nova-compute on %s to complete its evacuations",
+                     self.name, host)
+            self.stop_compute(host)
+            self.start_compute(host)
+        raise AssertionError("unreachable")
 
     # --- between tests ---------------------------------------------------------------------
 

@@ -73,5 +73,9 @@ def test_a_member_gets_403_on_admin_apis(nova):
         list(nova.demo.compute.migrations())
     with pytest.raises(osexc.ForbiddenException):
         nova.demo.compute.create_aggregate(name=f"contract-{uuid.uuid4().hex[:8]}")
-    # its own server is its own: reading and stopping it is allowed
+    with pytest.raises(osexc.ForbiddenException,
+                       match="Only volume-backed servers are allowed for flavors with zero disk."):
+        nova.demo.compute.create_server(name="zero-disk", flavor_id=nova.flavor.id,
+                                        image_id=nova.image, networks="none")
+    # its own server is its own: reading it is allowed
     assert nova.demo.compute.get_server(theirs.id).status == "ACTIVE"

@@ -20,10 +20,29 @@ def actions(nova: Backend, server_id: str) -> list[str]:
 
 
 def evacuated(nova: Backend, server_id: str, source: str):
-    """Poll until the server was rebuilt away from ``source`` and no task runs; it."""
-    return nova.wait_server(server_id,
-                            lambda s: s.compute_host != source and s.task_state is None,
-                            nova.deadlines.transition, f"evacuation away from {source}")
+    """Poll until the server was rebuilt away from ``source`` and no task runs; it. Every
+    look on the way is checked: the server names its source host for as long as the
+    rebuild runs (Nova moves it when the rebuild is finished, end state included)."""
+    seen: list[tuple[str, str | None, str]] = []
+
+    def done(server) -> bool:
+        seen.append((server.status, server.task_state, server.compute_host))
+        return server.compute_host != source and server.task_state is None
+    server = nova.wait_server(server_id, done, nova.deadlines.transition,
+                              f"evacuation away from {source}")
+    assert all(host == source for _, task, host in seen if task is not None), seen
+    return server
+
+
+def events(nova: Backend, server_id: str, action) -> list[tuple[str, str, str]]:
+    """(event, host, result) of an instance action, newest first as Nova lists them."""
+    detail = nova.conn.compute.get_server_action(action.request_id, server_id)
+    return [(e["event"], e["host"], e["result"]) for e in detail.events]
+
+
+def conductor_host(nova: Backend) -> str:
+    (conductor,) = nova.conn.compute.services(binary="nova-conductor")
+    return conductor.host
 
 
 def migrations_of(nova: Backend, server_id: str) -> list[tuple[str, str, str]]:
@@ -79,6 +98,18 @@ def test_evacuation_refused_while_up_accepted_after_force_down_and_the_host_come
     assert actions(nova, active.id) == ["evacuate", "create"]
     assert actions(nova, stopped.id) == ["evacuate", "stop", "create"]
     assert actions(nova, errored.id) == ["evacuate", "resetState", "create"]
+    # the conductor's event, then the destination's rebuild (and its stop, for a server
+    # that goes back to stopped), listed newest first
+    conductor = conductor_host(nova)
+    evacuation = next(iter(nova.conn.compute.server_actions(active.id)))
+    assert events(nova, active.id, evacuation) == [
+        ("compute_rebuild_instance", active.compute_host, "Success"),
+        ("rebuild_server", conductor, "Success")]
+    evacuation = next(iter(nova.conn.compute.server_actions(stopped.id)))
+    assert events(nova, stopped.id, evacuation) == [
+        ("compute_stop_instance", target, "Success"),
+        ("compute_rebuild_instance", target, "Success"),
+        ("rebuild_server", conductor, "Success")]
     nova.poll(lambda: migrations_of(nova, stopped.id) == [(source, target, "done")],
               nova.deadlines.transition, "the evacuation's migration done")
 
@@ -115,3 +146,60 @@ def test_a_dead_compute_turns_down_by_itself_and_the_sdk_default_evacuation_ends
     nova.start_compute(source)
     nova.wait_service(source, "up")
     assert nova.conn.compute.get_server(server.id).compute_host == server.compute_host
+
+
+def test_a_second_evacuate_during_the_first_is_accepted_and_one_of_them_fails(nova):
+    """Nova checks no task state before an evacuation, so a repeated call is accepted
+    while the first runs. The two then race where Nova does check: each rebuild step on a
+    destination saves with an expected task state (and the conductors' Placement claims
+    for one consumer may collide), so they cannot both get through; which one fails, and
+    whether the other still succeeds, depends on timing (real Nova 34 showed both). This
+    is why the engine never repeats an evacuation without reading Nova first."""
+    source = nova.hosts[0]
+    server = nova.boot_on(source)
+    nova.stop_compute(source)
+    nova.conn.compute.update_service_forced_down(nova.service(source), forced=True)
+    for _ in range(2):
+        response = nova.conn.compute.post(f"/servers/{server.id}/action",
+                                          json={"evacuate": {}},
+                                          microversion=ENGINE_MICROVERSION)
+        assert response.status_code == 200, response.text
+    assert actions(nova, server.id) == ["evacuate", "evacuate", "create"]
+
+    def evacuations() -> list[list[tuple[str, str, str]]] | None:
+        """Each evacuation's events once both have ended: failed in the conductor, or
+        the destination's rebuild finished either way."""
+        found = [events(nova, server.id, a) for a in nova.conn.compute.server_actions(server.id)
+                 if a.action == "evacuate"]
+        ended = [e for e in found if any(
+            result == "Error" or (name == "compute_rebuild_instance" and result is not None)
+            for name, _, result in e)]
+        return found if len(ended) == 2 else None
+    outcome = nova.poll(evacuations, nova.deadlines.transition, "both evacuations to end")
+    failed = [e for e in outcome if any(result == "Error" for _, _, result in e)]
+    assert failed, outcome
+    if len(failed) == 2:  # neither got through: the server is in error, not rebuilt
+        assert nova.conn.compute.get_server(server.id).vm_state == "error"
+
+
+def test_an_evacuation_nowhere_to_go_is_accepted_then_errors(nova):
+    """No valid host: Nova accepts the evacuation (200) and the conductor fails it: the
+    server in ERROR on its source with the scheduler's fault, the action in error."""
+    source, *others = nova.hosts
+    server = nova.boot_on(source)
+    nova.conn.compute.update_service_forced_down(nova.service(source), forced=True)
+    for host in others:
+        nova.conn.compute.disable_service(nova.service(host), disabled_reason=REASON)
+    nova.conn.compute.evacuate_server(server)
+    server = nova.wait_server(server.id, lambda s: s.status == "ERROR",
+                              nova.deadlines.transition, "the evacuation to fail")
+    assert (server.compute_host, server.task_state) == (source, None)
+    assert server.fault["message"] == \
+        "No valid host was found. There are not enough hosts available."
+    (evacuation, _) = nova.conn.compute.server_actions(server)
+    assert (evacuation.action, evacuation.message) == ("evacuate", "Error")
+    detail = nova.conn.compute.get_server_action(evacuation.request_id, server.id)
+    assert [(e["event"], e["host"], e["result"], e["details"]) for e in detail.events] == [
+        ("rebuild_server", conductor_host(nova), "Error",
+         "No valid host was found. There are not enough hosts available.")]
+    assert migrations_of(nova, server.id) == [(source, None, "error")]

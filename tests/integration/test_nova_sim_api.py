@@ -36,14 +36,17 @@ def conn(sim: NovaSim):
     connection.close()
 
 
-def wait_status(conn, server_id: str, status: str, timeout: float = 10.0, seen=None):
-    """Poll GET /servers/{id} until ``status``; every status seen goes into ``seen``."""
+def wait_status(conn, server_id: str, status: str, timeout: float = 10.0, seen=None,
+                moved_from: str | None = None):
+    """Poll GET /servers/{id} until ``status`` (and, with ``moved_from``, a host other than
+    that one: an evacuated server shows its end state on the source before Nova moves it);
+    every status seen goes into ``seen``."""
     deadline = time.monotonic() + timeout
     while True:
         server = conn.compute.get_server(server_id)
         if seen is not None:
             seen.append(server.status)
-        if server.status == status:
+        if server.status == status and server.compute_host != moved_from:
             return server
         if time.monotonic() > deadline:
             raise AssertionError(f"{server_id} still {server.status}, wanted {status}")
@@ -128,7 +131,7 @@ def test_evacuation_refused_while_up_then_rebuilds_to_active_on_another_host(sim
     start = time.monotonic()
     server._action(conn.compute, {"evacuate": {}}, microversion="2.94")
     seen: list[str] = []
-    server = wait_status(conn, sid, "ACTIVE", seen=seen)
+    server = wait_status(conn, sid, "ACTIVE", seen=seen, moved_from="node1")
     took = time.monotonic() - start
     assert "REBUILD" in seen and server.compute_host in ("node2", "node3")
     assert FAST.evacuate_schedule + FAST.evacuate_spawn <= took < 5.0
@@ -142,7 +145,7 @@ def test_evacuation_at_2_95_and_above_ends_shutoff(sim, conn):
     (sid,) = sim.boot(n_ha=1, hosts=["node1"])["ha"]
     fence(sim, conn, "node1")
     conn.compute.evacuate_server(sid)  # openstacksdk picks the highest version: SHUTOFF
-    server = wait_status(conn, sid, "SHUTOFF")
+    server = wait_status(conn, sid, "SHUTOFF", moved_from="node1")
     assert server.compute_host != "node1"
     assert sim.state()["running"][server.compute_host] == []
 
@@ -156,7 +159,7 @@ def test_a_stopped_server_stays_stopped_after_evacuation_at_2_94(sim, tmp_path):
     conn.compute.evacuate_server(sid)  # pinned at 2.94 by the connection
     seen: list[str] = []
     wait_status(conn, sid, "REBUILD", seen=seen)
-    server = wait_status(conn, sid, "SHUTOFF", seen=seen)
+    server = wait_status(conn, sid, "SHUTOFF", seen=seen, moved_from="node1")
     assert server.compute_host != "node1"
     assert sim.report()["lost"] == []
 
@@ -238,16 +241,17 @@ def test_instance_actions_count_each_evacuation_with_its_request_id(sim, conn):
     (sid,) = sim.boot(n_ha=1, hosts=["node1"])["ha"]
     fence(sim, conn, "node1")
     conn.compute.evacuate_server(sid, host="node2")
-    wait_status(conn, sid, "SHUTOFF")
+    wait_status(conn, sid, "SHUTOFF", moved_from="node1")
     fence(sim, conn, "node2")
     conn.compute.evacuate_server(sid)
-    server = wait_status(conn, sid, "SHUTOFF")
+    server = wait_status(conn, sid, "SHUTOFF", moved_from="node2")
     assert server.compute_host == "node3"
     actions = list(conn.compute.server_actions(sid))
     assert [a.action for a in actions] == ["evacuate", "evacuate", "create"]
     detail = conn.compute.get_server_action(actions[0].request_id, sid)
-    assert [e["event"] for e in detail.events] == ["conductor_rebuild_server",
-                                                   "compute_rebuild_instance"]
+    # newest first, as Nova lists them; it ends stopped (2.95+): the stop is part of it
+    assert [e["event"] for e in detail.events] == ["compute_stop_instance",
+                                                   "compute_rebuild_instance", "rebuild_server"]
     assert all(e["result"] == "Success" for e in detail.events)
     assert sim.report()["evacuate_actions"] == {sid: 2}
 

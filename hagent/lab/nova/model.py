@@ -70,6 +70,10 @@ class _Evacuation:
     target_stopped: bool          # 2.95+: Nova's target_state = stopped
     migration: Migration
     dest: str | None = None
+    event: ActionEvent | None = None  # compute_rebuild_instance on the destination
+
+    __hash__ = object.__hash__    # claims are told apart by identity
+    __eq__ = object.__eq__
 
 
 class NovaModel:
@@ -105,6 +109,7 @@ class NovaModel:
         self.aggregates: dict[int, Aggregate] = {}
         self.actions: dict[str, list[Action]] = {}
         self.migrations: list[Migration] = []
+        self._claims: list[_Evacuation] = []  # evacuations holding their destination
         self._running: dict[str, set[str]] = {name: set() for name in self.hosts}
         self.running_version = 0
         self._queue: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
@@ -310,16 +315,23 @@ class NovaModel:
 
     def _compute_starts(self, host: Host, at: float) -> None:
         host.compute_since = at
-        # init_host: destroy local copies of instances evacuated away, and complete their
-        # migrations (nova/compute/manager.py _destroy_evacuated_instances).
+        # init_host: destroy the local copy of every instance with an evacuation from here
+        # started, under way or done, and complete those migrations; one still under way
+        # sets its migration done again when it finishes (nova/compute/manager.py
+        # _destroy_evacuated_instances, ResourceTracker.finish_evacuation).
         for migration in self.migrations:
             if migration.source == host.name and migration.status in (
                     "accepted", "pre-migrating", "done"):
-                server = self.servers.get(migration.instance)
-                if server is None or server.host != host.name:
-                    self._unrun(migration.instance, host.name, at)
-                if migration.status == "done":
+                self._unrun(migration.instance, host.name, at)
+                if migration.instance in self.servers:
                     migration.status = "completed"
+        # init_host: builds placed here that this (new) process has not claimed were
+        # interrupted: ERROR, no fault; the build request still queued for it then
+        # builds them after all (_error_out_instances_whose_build_was_interrupted; real
+        # Nova 34 showed the ERROR).
+        for server in self.servers.values():
+            if server.host == host.name and server.vm_state == st.BUILDING:
+                server.vm_state, server.task_state, server.updated = st.ERROR, None, at
         # _init_instance: guests that did not survive the outage are recorded shut down.
         for server in self.servers.values():
             if server.host == host.name and server.id not in self._running[host.name] \
@@ -358,14 +370,17 @@ class NovaModel:
 
     def usage(self, host_name: str) -> dict[str, int]:
         """vcpus, memory_mb, disk_gb and instances held on a host (every server assigned
-        to it, stopped ones included, as Placement keeps their allocations)."""
+        to it, stopped ones included, as Placement keeps their allocations, and every
+        evacuation whose destination claimed it and has not finished yet)."""
         used = {"vcpus": 0, "memory_mb": 0, "disk_gb": 0, "instances": 0}
-        for server in self.servers.values():
-            if server.host == host_name:
-                used["vcpus"] += server.flavor.vcpus
-                used["memory_mb"] += server.flavor.ram
-                used["disk_gb"] += server.flavor.disk + server.flavor.ephemeral
-                used["instances"] += 1
+        held = [s for s in self.servers.values() if s.host == host_name]
+        held += [self.servers[op.server] for op in self._claims
+                 if op.dest == host_name and op.server in self.servers]
+        for server in held:
+            used["vcpus"] += server.flavor.vcpus
+            used["memory_mb"] += server.flavor.ram
+            used["disk_gb"] += server.flavor.disk + server.flavor.ephemeral
+            used["instances"] += 1
         return used
 
     def _fits(self, host: Host, flavor: Flavor) -> bool:
@@ -445,7 +460,9 @@ class NovaModel:
              metadata: dict[str, str] | None = None, key_name: str | None = None,
              description: str | None = None) -> Server:
         """POST /servers. ``availability_zone`` may be ``AZ``, ``AZ:HOST`` or ``:HOST``
-        (admin only) to pin the host, as Nova's parse_availability_zone."""
+        (admin only) to pin the host, as Nova's parse_availability_zone. A flavor with no
+        root disk is for admins only (policy ``create:zero_disk_flavor``; 403), servers here
+        being image-backed."""
         with self.lock:
             flavor = self.flavors.get(str(flavor_ref).rstrip("/").rsplit("/", 1)[-1])
             if flavor is None:
@@ -460,6 +477,9 @@ class NovaModel:
                 if forced_host and forced_host not in self.hosts:
                     raise NovaError(400, f"No valid host was found. Compute host {forced_host} "
                                          f"could not be found.")
+            if flavor.disk == 0 and not ctx.is_admin:  # every server boots from its image
+                raise NovaError(403, "Only volume-backed servers are allowed for flavors with "
+                                     "zero disk.")
             _check_metadata(metadata or {})
             server = Server(id=str(uuid.uuid4()), name=name, project_id=ctx.project_id,
                             user_id=ctx.user_id, flavor=flavor, image_id=str(image_ref),
@@ -477,22 +497,23 @@ class NovaModel:
         server = self.servers.get(server_id)
         if server is None:
             return
-        event = self._event(action, "conductor_schedule_and_build_instances", now, None)
         if forced_host:  # zone:host skips the filters, not Placement's capacity check
             host = self.hosts[forced_host] if self._fits(self.hosts[forced_host],
                                                          server.flavor) else None
         else:
             host = self._schedule(server.flavor, server.availability_zone, now)
-        if host is None:
+        if host is None:  # buried in cell0, with the only conductor event a build records
+            event = self._event(action, "conductor_schedule_and_build_instances", now,
+                                self.controller)
             self._fail(server, action, event, now, NO_VALID_HOST)
             return
-        self._finish_event(action, event, now, "Success")
         server.host, server.task_state, server.updated = host.name, st.SPAWNING, now
         self._at(now + self.timings.boot * 0.8, self._boot_spawned, server_id, action)
 
     def _boot_spawned(self, now: float, server_id: str, action: Action) -> None:
         server = self.servers.get(server_id)
-        if server is None or server.task_state != st.SPAWNING or server.host is None:
+        if server is None or server.host is None or not (
+                server.task_state == st.SPAWNING or _interrupted_build(server)):
             return
         host = self.hosts[server.host]
         if not self.compute_alive(host):
@@ -589,10 +610,12 @@ class NovaModel:
         self._at(now + self.timings.evacuate_schedule, self._evac_schedule, op)
 
     def _evac_schedule(self, now: float, op: _Evacuation) -> None:
+        """The conductor (event ``rebuild_server``): a destination, or NoValidHost; then the
+        destination's claim and the start of its rebuild."""
         server = self.servers.get(op.server)
         if server is None:
             return
-        event = self._event(op.action, "conductor_rebuild_server", now, None)
+        event = self._event(op.action, "rebuild_server", now, self.controller)
         if op.force and op.requested_host:
             forced = self.hosts[op.requested_host]
             dest = forced if self._fits(forced, server.flavor) else None
@@ -604,53 +627,96 @@ class NovaModel:
             self._fail(server, op.action, event, now, NO_VALID_HOST)
             return
         self._finish_event(op.action, event, now, "Success")
+        # the destination's claim: Placement holds the flavor there from now on, while the
+        # server's `host` stays the source until the rebuild is finished
         op.dest = op.migration.dest = dest.name
         op.migration.status = "pre-migrating"
-        # the destination's rebuild claim moves the instance there (resource tracker)
-        server.host, server.updated = dest.name, now
-        if server.task_state in st.REBUILD_TASKS:
-            server.task_state = st.REBUILD_BLOCK_DEVICE_MAPPING
-        self._at(now + self.timings.evacuate_spawn * 0.2, self._evac_spawning, op)
+        self._claims.append(op)
+        op.event = self._event(op.action, "compute_rebuild_instance", now, dest.name)
+        # _do_rebuild_instance: the power state from the destination's hypervisor (nothing
+        # there yet), saved with expected_task_state=[rebuilding]
+        if self._rebuild_cas(now, op, server, st.REBUILDING, st.REBUILDING):
+            server.power_state = st.NOSTATE
+            self._at(now + self.timings.evacuate_spawn * 0.2, self._evac_bdm, op)
+
+    def _rebuild_cas(self, now: float, op: _Evacuation, server: Server, expected: str,
+                     task: str) -> bool:
+        """The destination's ``instance.save(expected_task_state=[expected])`` setting
+        ``task``: False (and the rebuild lost) if another rebuild of the same server moved
+        the task state on first. That is what keeps a second evacuate accepted during the
+        first from spawning a second guest: only one rebuild gets past each step."""
+        if server.task_state == expected:
+            server.task_state, server.updated = task, now
+            return True
+        # UnexpectedTaskStateError: _error_out_instance_on_exception saves vm_state error
+        # with the task_state this rebuild had set locally; its migration fails and the
+        # destination's claim is dropped (manager.py rebuild_instance).
+        message = (f"Conflict updating instance {server.id}. Expected: {{'task_state': "
+                   f"[{expected!r}]}}. Actual: {{'task_state': {server.task_state!r}}}")
+        op.migration.status = "failed"
+        self._release(op)
+        if op.event is not None:
+            self._finish_event(op.action, op.event, now, "Error", details=message)
+        server.vm_state, server.task_state, server.updated = st.ERROR, task, now
+        server.fault = {"code": 500, "message": message, "created": self.iso(now)}
+        return False
+
+    def _evac_bdm(self, now: float, op: _Evacuation) -> None:
+        server = self.servers.get(op.server)
+        if server is not None and self._rebuild_cas(now, op, server, st.REBUILDING,
+                                                    st.REBUILD_BLOCK_DEVICE_MAPPING):
+            self._at(now + self.timings.evacuate_spawn * 0.2, self._evac_spawning, op)
 
     def _evac_spawning(self, now: float, op: _Evacuation) -> None:
         server = self.servers.get(op.server)
-        if server is None:
-            return
-        if server.task_state in st.REBUILD_TASKS:
-            server.task_state, server.updated = st.REBUILD_SPAWNING, now
-        self._at(now + self.timings.evacuate_spawn * 0.8, self._evac_spawned, op)
+        if server is not None and self._rebuild_cas(now, op, server,
+                                                    st.REBUILD_BLOCK_DEVICE_MAPPING,
+                                                    st.REBUILD_SPAWNING):
+            self._at(now + self.timings.evacuate_spawn * 0.6, self._evac_spawned, op)
 
     def _evac_spawned(self, now: float, op: _Evacuation) -> None:
         server = self.servers.get(op.server)
         if server is None or op.dest is None:
+            self._release(op)
             return
         dest = self.hosts[op.dest]
         if not self.compute_alive(dest):  # the rebuild cast waits for that nova-compute
             self._at(now + self.timings.retry, self._evac_spawned, op)
             return
-        event = self._event(op.action, "compute_rebuild_instance", now, dest.name)
         orig_vm_state = server.vm_state
         # The guest is spawned on the destination whatever the database says meanwhile.
         self._run(server.id, dest.name, now)
-        op.migration.status = "done"
-        server.host, server.launched_at, server.updated = dest.name, now, now
-        server.vm_state, server.task_state = st.ACTIVE, None
+        if not self._rebuild_cas(now, op, server, st.REBUILD_SPAWNING, None):
+            return  # the spawned guest stays where it is, as in Nova
+        server.launched_at, server.vm_state = now, st.ACTIVE
         server.power_state = st.RUNNING if dest.power_on else st.NOSTATE
         server.fault = None
         stop_after = orig_vm_state == st.STOPPED or (op.target_stopped
                                                       and orig_vm_state != st.ERROR)
         if stop_after:
-            server.task_state = st.POWERING_OFF
-            self._at(now + self.timings.evacuate_power_off, self._evac_stopped, op, event,
+            self._at(now + self.timings.evacuate_finish, self._evac_power_off, op,
                      orig_vm_state)
             return
-        self._finish_event(op.action, event, now, "Success")
         self.checker.wanted(server.id, True, now, "evacuated")
+        self._at(now + self.timings.evacuate_finish, self._evac_finish, op)
+
+    def _evac_power_off(self, now: float, op: _Evacuation, orig_vm_state: str) -> None:
+        """Back to the original (or 2.95's target) state: stop_instance on the destination,
+        still under the evacuation's request (its event joins the evacuate action)."""
+        server = self.servers.get(op.server)
+        if server is None or op.dest is None:
+            self._release(op)
+            return
+        server.task_state, server.updated = st.POWERING_OFF, now
+        event = self._event(op.action, "compute_stop_instance", now, op.dest)
+        self._at(now + self.timings.evacuate_power_off, self._evac_stopped, op, event,
+                 orig_vm_state)
 
     def _evac_stopped(self, now: float, op: _Evacuation, event: ActionEvent,
                       orig_vm_state: str) -> None:
         server = self.servers.get(op.server)
         if server is None or op.dest is None:
+            self._release(op)
             return
         self._unrun(server.id, op.dest, now)
         if server.task_state == st.POWERING_OFF:
@@ -660,6 +726,23 @@ class NovaModel:
         why = "evacuated while stopped" if orig_vm_state == st.STOPPED else \
             "evacuated at microversion >= 2.95 (target state stopped)"
         self.checker.wanted(server.id, False, now, why)
+        self._at(now + self.timings.evacuate_finish, self._evac_finish, op)
+
+    def _evac_finish(self, now: float, op: _Evacuation) -> None:
+        """The resource tracker's finish_evacuation: ``host`` is the destination now, the
+        migration done (until the source's nova-compute starts and completes it)."""
+        self._release(op)
+        server = self.servers.get(op.server)
+        if server is None or op.dest is None:
+            return
+        server.host, server.updated = op.dest, now
+        op.migration.status = "done"
+        if op.event is not None:
+            self._finish_event(op.action, op.event, now, "Success")
+
+    def _release(self, op: _Evacuation) -> None:
+        if op in self._claims:
+            self._claims.remove(op)
 
     def stop(self, ctx: Context, server_id: str, now: float, request_id: str) -> None:
         """os-stop: 409 unless active/error with no task; stopped after ``stop`` seconds
@@ -848,8 +931,9 @@ class NovaModel:
         return event
 
     @staticmethod
-    def _finish_event(action: Action, event: ActionEvent, now: float, result: str) -> None:
-        event.finish, event.result = now, result
+    def _finish_event(action: Action, event: ActionEvent, now: float, result: str,
+                      details: str | None = None) -> None:
+        event.finish, event.result, event.details = now, result, details
         action.updated = now
         if result != "Success":
             action.message = "Error"
@@ -857,7 +941,7 @@ class NovaModel:
     def _fail(self, server: Server, action: Action, event: ActionEvent, now: float,
               message: str) -> None:
         """The conductor's failure path: vm_state error, task cleared, a fault recorded."""
-        self._finish_event(action, event, now, "Error")
+        self._finish_event(action, event, now, "Error", details=message)
         server.vm_state, server.task_state, server.updated = st.ERROR, None, now
         server.fault = {"code": 500, "message": message, "created": self.iso(now)}
 
@@ -865,12 +949,22 @@ class NovaModel:
         """The server's actions, newest first (as GET os-instance-actions)."""
         with self.lock:
             server = self.server(ctx, server_id)
-            return sorted(self.actions.get(server.id, []), key=lambda a: a.start, reverse=True)
+            actions = self.actions.get(server.id, [])
+            # created_at, then id, both descending (InstanceActionList.get_by_instance_uuid)
+            order = sorted(range(len(actions)), key=lambda i: (actions[i].start, i),
+                           reverse=True)
+            return [actions[i] for i in order]
 
     def evacuation_count(self, server_id: str) -> int:
         """How many evacuate actions Nova recorded for the server (accepted calls)."""
         with self.lock:
             return sum(1 for a in self.actions.get(server_id, []) if a.action == "evacuate")
+
+
+def _interrupted_build(server: Server) -> bool:
+    """Put in ERROR by a restarting nova-compute before it built the server."""
+    return server.vm_state == st.ERROR and server.task_state is None \
+        and server.launched_at is None
 
 
 def _bool(value: str, default: bool) -> bool:

@@ -177,7 +177,10 @@ def action(model: NovaModel, act: Action, ctx: Context, mv: Version, *,
         body["updated_at"] = model.iso(act.updated, micro=True)
     if events and (ctx.is_admin or mv >= (2, 51)):
         out = []
-        for ev in act.events:
+        # newest first: created_at, then id, descending (InstanceActionEvent.get_by_action)
+        order = sorted(range(len(act.events)), key=lambda i: (act.events[i].start, i),
+                       reverse=True)
+        for ev in (act.events[i] for i in order):
             item: dict[str, Any] = {"event": ev.event,
                                     "start_time": model.iso(ev.start, micro=True),
                                     "finish_time": model.iso(ev.finish, micro=True),
@@ -190,7 +193,7 @@ def action(model: NovaModel, act: Action, ctx: Context, mv: Version, *,
                 if ctx.is_admin:
                     item["host"] = ev.host or ""
             if mv >= (2, 84):
-                item["details"] = None
+                item["details"] = ev.details
             out.append(item)
         body["events"] = out
     return body
