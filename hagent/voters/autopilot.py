@@ -3,9 +3,11 @@
 
 Each turn (every ``interval``, and at once after the log applies a command that may call
 for a change: a host fenced or up, a node registered, a voter change ended; or after its
-own change returned) while this node leads the log it builds a `VoterView` from the log (query
-``voters``: the committed set, the registry, the change in flight; query ``incidents``: who
-is declared dead, who is fenced) and from gossip (``membership.member_states()``), asks
+own change returned) while this node leads the log it builds a `VoterView` from the log (the
+changer's ``leader_view()``: the ``voters`` query, with the committed set, the registry and
+the change in flight, and the voters this leader hears from over Raft; query
+``incidents``: who is declared dead, who is fenced) and from gossip
+(``membership.member_states()``), asks
 `hagent.voters.policy.assess` for a decision and hands it to the `VoterChanger`
 (``add_voter`` / ``remove_voter``), one at a time: while its call runs, or while the log
 shows a change in flight, the policy sees that change and decides nothing.
@@ -70,21 +72,30 @@ class ApplyObservable(Protocol):
     def remove_apply_observer(self, fn: Callable[[dict, dict], None]) -> None: ...
 
 
+class LeaderViewLike(Protocol):
+    voters: Mapping[str, Any]     # the ``voters`` query of the leader's state
+    reachable: frozenset[str]     # Raft addresses of the members it hears from, itself too
+
+
 class ChangerLike(Protocol):
     """hagent.voters.changer.VoterChanger as the autopilot uses it."""
 
+    def leader_view(self) -> LeaderViewLike: ...
     async def add_voter(self, node: str, *, auto: bool = False) -> dict[str, Any]: ...
     async def remove_voter(self, node: str, *, auto: bool = False) -> dict[str, Any]: ...
 
 
 def build_view(doc: Mapping[str, Any], incidents: list[Mapping[str, Any]],
                gossip: Mapping[str, str], target: int, *, busy: str | None = None,
-               excluded: frozenset[str] = frozenset(),
+               reachable: frozenset[str] = frozenset(), excluded: frozenset[str] = frozenset(),
                lags: Mapping[str, int] | None = None) -> VoterView:
     """The policy's view from the log's ``voters`` query ``doc``, its open ``incidents``,
-    gossip, and what only the autopilot knows: its own change being made (``busy``), the
-    nodes left out for now, the last catch-up lag each node reported."""
+    gossip, the Raft addresses the leader hears from (``reachable``), and what only the
+    autopilot knows: its own change being made (``busy``), the nodes left out for now, the
+    last catch-up lag each node reported."""
     voters = tuple(v.get("node") or v["raft_address"] for v in doc["voters"])
+    heard = frozenset(v.get("node") or v["raft_address"] for v in doc["voters"]
+                      if v["raft_address"] in reachable)
     lags = lags or {}
     registered = {name: Registered(str(info.get("failure_domain") or ""), lags.get(name))
                   for name, info in doc.get("registry", {}).items()}
@@ -94,7 +105,7 @@ def build_view(doc: Mapping[str, Any], incidents: list[Mapping[str, Any]],
         in_flight = f"{change['op']} {change['node']}, {change.get('phase', 'pending')}"
     open_incidents = [i for i in incidents if i.get("status", "open") == "open"]
     return VoterView(
-        voters=voters, target=target, gossip=dict(gossip),
+        voters=voters, target=target, gossip=dict(gossip), reachable=heard,
         incidents=frozenset(i["hostname"] for i in open_incidents),
         fenced=frozenset(i["hostname"] for i in open_incidents if i.get("fenced")),
         registered=registered, change=in_flight, excluded=excluded)
@@ -194,7 +205,8 @@ class Autopilot:
                      else "passive: this node no longer leads the log")
         if not leader:
             return None
-        doc = await self._agent.query("voters")
+        leader_view = self._changer.leader_view()
+        doc = leader_view.voters
         if not doc.get("bootstrapped"):
             self._note("the log holds no voter set yet")
             return None
@@ -206,7 +218,8 @@ class Autopilot:
         if progress and progress.get("lag") is not None:
             self._lags[change["node"]] = int(progress["lag"])
         view = build_view(doc, incidents, self._membership.member_states(), self.target,
-                          busy=self._busy, excluded=frozenset(self._excluded), lags=self._lags)
+                          busy=self._busy, reachable=leader_view.reachable,
+                          excluded=frozenset(self._excluded), lags=self._lags)
         assessment = assess(view)
         if assessment.decision is None:
             self._note(assessment.reason)

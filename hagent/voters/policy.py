@@ -9,11 +9,14 @@ gives the same answer, whatever order its mappings were built in.
 The rules, in the order they are applied:
 
 1. One change at a time: nothing while a change is in flight.
-2. Nothing unless a majority of the current voters is alive in gossip: a change needs the
-   log to commit it, and a cluster without that majority must not reshape itself.
+2. Nothing unless a majority of the current voters is alive: a change needs the log to
+   commit it, and a cluster without that majority must not reshape itself. A voter counts
+   as alive when gossip says so or the leader hears from it over Raft (gossip can lag
+   behind a node that just restarted; Raft is what the commit needs).
 3. A voter is replaced only when its host is declared dead AND fenced (an open incident
-   whose host.fenced is committed) and gossip does not see it alive: a partitioned voter
-   whose lease has not yet expired is never touched, since it may still be serving.
+   whose host.fenced is committed), gossip does not see it alive and the leader does not
+   hear from it: a partitioned voter whose lease has not yet expired is never touched,
+   since it may still be serving.
 4. The dead voter is removed first (the smaller set needs fewer acks while the replacement
    catches up), and only when a replacement candidate exists, or the set stays at or above
    the target without one: removing a dead voter with nobody to take its place gains no
@@ -60,6 +63,8 @@ class VoterView:
     """How many voters the set should have (``voters.target``, or the bootstrap count)."""
     gossip: Mapping[str, str]
     """Node name -> membership state ("alive", "suspect", "dead", "left"); absent: unknown."""
+    reachable: frozenset[str] = frozenset()
+    """Voters the leader hears from over Raft (itself included), by the names in ``voters``."""
     incidents: frozenset[str] = frozenset()
     """Hosts with an open incident (declared dead by the log, not yet up again)."""
     fenced: frozenset[str] = frozenset()
@@ -99,12 +104,12 @@ def assess(view: VoterView) -> Assessment:
     if view.change is not None:
         return Assessment(None, f"a change is in flight ({view.change}); one at a time")
     voters = sorted(set(view.voters))
-    alive = [v for v in voters if _alive(view, v)]
+    alive = [v for v in voters if _alive_voter(view, v)]
     if not _majority(view, voters):
         return Assessment(None, f"only {len(alive)} of {len(voters)} voters alive "
                                 f"({_names(alive)}): no change without a majority of them")
     replaceable = [v for v in voters if v in view.fenced and v not in view.excluded
-                   and view.gossip.get(v) not in RETURNING]
+                   and view.gossip.get(v) not in RETURNING and v not in view.reachable]
     if replaceable:
         dead = replaceable[0]
         remaining = len(voters) - 1
@@ -127,7 +132,7 @@ def assess(view: VoterView) -> Assessment:
             "add", best, f"{len(voters)} voters, target {view.target}: adding "
                          f"{best}{_domain_note(view, best)}, the best of {len(candidates)} "
                          f"eligible"))
-    waiting = [v for v in voters if not _alive(view, v)]
+    waiting = [v for v in voters if not _alive_voter(view, v)]
     if waiting:
         return Assessment(None, f"voter(s) {_names(waiting)} not alive but not fenced: replaced "
                                 f"only once declared dead and fenced")
@@ -168,9 +173,15 @@ def _alive(view: VoterView, name: str) -> bool:
     return view.gossip.get(name) == ALIVE
 
 
+def _alive_voter(view: VoterView, name: str) -> bool:
+    """Alive in gossip, or heard from by the leader over Raft (rule 2)."""
+    return _alive(view, name) or name in view.reachable
+
+
 def _majority(view: VoterView, voters: list[str]) -> bool:
-    """More than half of ``voters`` alive (an empty set has no majority)."""
-    return 2 * sum(1 for v in voters if _alive(view, v)) > len(voters)
+    """More than half of ``voters`` alive (an empty set has no majority); a candidate being
+    added counts by gossip, as it is not heard over Raft before it is a member."""
+    return 2 * sum(1 for v in voters if _alive_voter(view, v)) > len(voters)
 
 
 def _domain_note(view: VoterView, name: str) -> str:

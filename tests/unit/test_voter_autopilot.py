@@ -5,6 +5,7 @@ changer; turns are driven one by one (no timers)."""
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -23,21 +24,26 @@ class FakeAgent:
         self.change: dict[str, Any] | None = None
         self.incidents: list[dict[str, Any]] = []
         self.bootstrapped = True
+        self.unreachable: set[str] = set()  # voters the leader does not hear from over Raft
 
     def is_leader(self) -> bool:
         return self.leader
 
     async def query(self, name: str, **kwargs: Any) -> Any:
-        if name == "voters":
-            return {"voters": [{"node": n, "raft_address": f"{n}:7170"} for n in self.voters],
-                    "registry": {n: {"node": n, "raft_address": f"{n}:7170",
-                                     "failure_domain": ""} for n in NODES},
-                    "change": self.change, "last_change": None,
-                    "bootstrapped": self.bootstrapped}
         assert (name, kwargs) == ("incidents", {"status": "open"})
         return self.incidents
 
+    def leader_view(self) -> SimpleNamespace:
+        """The changer's leader_view() as the autopilot reads it."""
+        doc = {"voters": [{"node": n, "raft_address": f"{n}:7170"} for n in self.voters],
+               "registry": {n: {"node": n, "raft_address": f"{n}:7170",
+                                "failure_domain": ""} for n in NODES},
+               "change": self.change, "last_change": None, "bootstrapped": self.bootstrapped}
+        return SimpleNamespace(voters=doc, reachable=frozenset(
+            f"{n}:7170" for n in self.voters if n not in self.unreachable))
+
     def kill(self, host: str, fenced: bool) -> None:
+        self.unreachable.add(host)
         self.incidents = [i for i in self.incidents if i["hostname"] != host]
         self.incidents.append({"hostname": host, "status": "open", "fenced": fenced})
 
@@ -60,6 +66,7 @@ class FakeChanger:
         self.released = asyncio.Event()
         self.refuse: str | None = None
         self.fail: Exception | None = None
+        self.leader_view = agent.leader_view
 
     async def _do(self, op: str, node: str) -> dict[str, Any]:
         self.calls.append((op, node))
@@ -229,8 +236,9 @@ def test_build_view_names_unregistered_voters_by_address_and_reads_incidents() -
     incidents = [{"hostname": "node3", "status": "open", "fenced": False},
                  {"hostname": "node5", "status": "open", "fenced": True}]
     v = build_view(doc, incidents, {"node2": "alive"}, 3, lags={"node4": 7},
-                   excluded=frozenset({"node9"}))
+                   reachable=frozenset({"10.0.0.1:7170"}), excluded=frozenset({"node9"}))
     assert v.voters == ("10.0.0.1:7170", "node2")
+    assert v.reachable == {"10.0.0.1:7170"}
     assert v.incidents == {"node3", "node5"} and v.fenced == {"node5"}
     assert v.registered["node2"].failure_domain == "rack-a"
     assert v.registered["node4"].lag == 7

@@ -17,16 +17,21 @@ NODES = [f"node{i}" for i in range(1, 8)]
 def view(voters: str = "node1 node2 node3", *, target: int = 3, dead: str = "",
          fenced: str = "", incidents: str = "", suspect: str = "", nodes: int = 6,
          domains: dict[str, str] | None = None, lags: dict[str, int] | None = None,
-         change: str | None = None, excluded: str = "") -> VoterView:
+         change: str | None = None, excluded: str = "", left: str = "",
+         reachable: str | None = None) -> VoterView:
     """A view of ``nodes`` registered nodes, all alive but the ``dead``/``suspect`` ones;
-    ``fenced`` hosts have an open fenced incident (``incidents``: open, not fenced)."""
+    ``fenced`` hosts have an open fenced incident (``incidents``: open, not fenced); the
+    leader hears over Raft from the ``reachable`` voters (default: the alive ones)."""
     names = NODES[:nodes]
     gossip = {n: "alive" for n in names}
     gossip.update({n: "dead" for n in dead.split()})
     gossip.update({n: "suspect" for n in suspect.split()})
+    gossip.update({n: "left" for n in left.split()})
     domains, lags = domains or {}, lags or {}
+    heard = (frozenset(v for v in voters.split() if gossip.get(v) == "alive")
+             if reachable is None else frozenset(reachable.split()))
     return VoterView(
-        voters=tuple(voters.split()), target=target, gossip=gossip,
+        voters=tuple(voters.split()), target=target, gossip=gossip, reachable=heard,
         incidents=frozenset(incidents.split()) | frozenset(fenced.split()),
         fenced=frozenset(fenced.split()),
         registered={n: Registered(domains.get(n, ""), lags.get(n)) for n in names},
@@ -95,6 +100,19 @@ def test_a_set_above_target_drops_a_dead_voter_without_replacement() -> None:
     d = decide(view("node1 node2 node3 node4", dead="node4", fenced="node4", nodes=4))
     assert d == Decision("remove", "node4", "voter node4 is dead and fenced; 3 voters stay, "
                                             "target 3")
+
+
+def test_a_voter_gossip_lost_track_of_counts_as_alive_while_the_leader_hears_it() -> None:
+    # node2 re-executed and gossip still holds its leave; Raft hears it: a majority is alive.
+    v = view(left="node2", dead="node3", fenced="node3", reachable="node1 node2")
+    assert decide(v) == Decision("remove", "node3",
+                                 "voter node3 is dead and fenced; then add node4")
+    # Without Raft's word only node1 would count: no change.
+    assert decide(view(left="node2", dead="node3", fenced="node3", reachable="node1")) is None
+
+
+def test_a_fenced_voter_the_leader_still_hears_is_not_replaced() -> None:
+    assert decide(view(dead="node2", fenced="node2", reachable="node1 node2 node3")) is None
 
 
 def test_a_returned_voter_stays_a_non_voter() -> None:
@@ -170,14 +188,16 @@ def views(draw: st.DrawFn) -> VoterView:
     registered = {name: Registered(draw(st.sampled_from(["", "a", "b", "c"])),
                                    draw(st.one_of(st.none(), st.integers(0, 200))))
                   for name in draw(st.frozensets(st.sampled_from(names)))}
+    reachable = draw(st.frozensets(st.sampled_from(voters))) if voters else frozenset()
     return VoterView(voters=tuple(voters), target=draw(st.sampled_from([3, 5])), gossip=gossip,
-                     incidents=incidents, fenced=fenced, registered=registered,
+                     reachable=reachable, incidents=incidents, fenced=fenced, registered=registered,
                      change=draw(st.one_of(st.none(), st.just("add node9, catching up"))),
                      excluded=draw(st.frozensets(st.sampled_from(names), max_size=2)))
 
 
 def _alive(v: VoterView, names: list[str] | set[str]) -> int:
-    return sum(1 for n in names if v.gossip.get(n) == "alive")
+    """Voters alive in gossip or heard over Raft (a candidate: by gossip)."""
+    return sum(1 for n in names if v.gossip.get(n) == "alive" or n in v.reachable)
 
 
 @settings(max_examples=2000, deadline=None)
@@ -201,14 +221,15 @@ def test_properties_of_every_decision(v: VoterView) -> None:
     if d.op == "remove":
         # Never a voter that is not declared dead and fenced, nor one gossip sees back.
         assert d.node in voters and d.node in v.fenced and d.node in v.incidents
-        assert v.gossip.get(d.node) not in ("alive", "suspect")
+        assert v.gossip.get(d.node) not in ("alive", "suspect") and d.node not in v.reachable
         assert d.node not in v.excluded
         # Only when a replacement exists (or the set stays at or above the target).
         assert eligible or len(after) >= v.target
     else:
         assert d.op == "add" and len(voters) < v.target
         assert not any(x in v.fenced and v.gossip.get(x) not in ("alive", "suspect")
-                       and x not in v.excluded for x in voters), "removal comes first"
+                       and x not in v.excluded and x not in v.reachable
+                       for x in voters), "removal comes first"
         assert d.node not in voters and d.node in v.registered
         assert v.gossip.get(d.node) == "alive" and d.node not in v.incidents
         assert d.node not in v.excluded
@@ -233,7 +254,7 @@ def test_the_answer_does_not_depend_on_the_order_the_view_was_built_in(
     voters = list(v.voters)
     rnd.shuffle(voters)
     other = VoterView(voters=tuple(voters), target=v.target, gossip=shuffled(dict(v.gossip)),
-                      incidents=v.incidents, fenced=v.fenced,
+                      reachable=v.reachable, incidents=v.incidents, fenced=v.fenced,
                       registered=shuffled(dict(v.registered)), change=v.change,
                       excluded=v.excluded)
     assert assess(other) == assess(v)
@@ -255,7 +276,9 @@ class HealingCluster(RuleBasedStateMachine):
         self.fenced: set[str] = set()
 
     def view(self) -> VoterView:
+        heard = frozenset(v for v in self.voters if self.gossip[v] == "alive")
         return VoterView(voters=tuple(sorted(self.voters)), target=3, gossip=dict(self.gossip),
+                         reachable=heard,
                          incidents=frozenset(self.incidents), fenced=frozenset(self.fenced),
                          registered={n: Registered() for n in NODES})
 
