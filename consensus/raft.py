@@ -93,9 +93,44 @@ SNAPSHOT_RETRY_DELAY = 10.0
 
 JOURNAL_FILE = "journal"
 SNAPSHOT_FILE = "snapshot"
+#: Every file a RaftNode keeps in its ``state_dir`` (temporary ones included): the snapshot,
+#: the journal and its term/vote meta file (``consensus.journal``).
+STATE_FILES = (SNAPSHOT_FILE, SNAPSHOT_FILE + ".tmp", JOURNAL_FILE, JOURNAL_FILE + ".tmp",
+               JOURNAL_FILE + ".meta", JOURNAL_FILE + ".meta.tmp")
 
 _ROLES = {0: "follower", 1: "candidate", 2: "leader"}
 _FAIL_NAMES = {value: name for name, value in vars(FAIL_REASON).items() if name.isupper()}
+
+
+def discard_state(state_dir: Path) -> list[str]:
+    """Remove the Raft state in ``state_dir`` (``STATE_FILES``, then the directory if that
+    left it empty) and return the names removed; nothing there: [].
+
+    For a node that is no longer a voter (docs/voters.md): its journal and snapshot end in a
+    voter set of the past, and a RaftNode started on them later (when the node is promoted
+    again) would take that set over the one it is given and reach none of the current
+    voters. Started with none, it takes the set given and gets the log from the leader. The
+    caller must know from the committed log that the node is out of the voter set: a member
+    without its journal and term/vote could vote twice in a term. Running it again after a
+    crash midway finishes the job."""
+    state_dir = Path(state_dir)
+    removed = []
+    for name in STATE_FILES:
+        try:
+            (state_dir / name).unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(name)
+    if removed:
+        fsync_dir(state_dir)
+    try:
+        state_dir.rmdir()
+    except FileNotFoundError:
+        return removed
+    except OSError:  # not empty: files that are not Raft's stay
+        return removed
+    fsync_dir(state_dir.parent)
+    return removed
 
 
 class RaftError(Exception):

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 # than a leader election (~1-3.5 s measured) so a failover is absorbed, short enough that
 # an operator at hagentctl is not left hanging.
 PROPOSE_TIMEOUT = 8.0
+#: The RaftNode's directory under ``node.state_dir`` (journal, meta, snapshot; nothing else).
+RAFT_DIR = "raft"
 
 
 class VoterBackend:
@@ -55,7 +57,7 @@ class VoterBackend:
         self.raft = RaftNode(
             self_address=config.raft.bind,
             voters=list(config.raft.voters if members is None else members),
-            state_dir=config.node.state_dir / "raft",
+            state_dir=config.node.state_dir / RAFT_DIR,
             password=read_secret(config.raft.secret_file),
             options=config.raft,
             state=self.state,
