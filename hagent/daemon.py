@@ -44,10 +44,11 @@ from typing import Any, Awaitable, Callable
 
 from prometheus_client import CollectorRegistry
 
+from consensus.raft import discard_state as discard_raft_state
 from hagent import sdnotify
 from hagent.admin.server import AdminServer
 from hagent.agent_replica import ReplicaBackend
-from hagent.agent_voter import VoterBackend
+from hagent.agent_voter import RAFT_DIR, VoterBackend
 from hagent.config import Config
 from hagent.detection.policy import PolicyKnobs
 from hagent.detection.service import DetectionService
@@ -139,6 +140,7 @@ class Agent:
                 voters_index=self.local_voters.index,
                 voters_file=localfile.path_in(state_dir))
         else:
+            _drop_raft_state(state_dir, self.local_voters)
             self.backend = ReplicaBackend(config, self.name,
                                           localfile.forward_targets(bootstrap, self.local_voters))
         self.changer: VoterChanger | None = None
@@ -350,6 +352,29 @@ class Agent:
         if kind == "add":
             return await self.changer.add_voter(node, wait=wait)
         return await self.changer.remove_voter(node, wait=wait)
+
+
+def _drop_raft_state(state_dir: Path, local: localfile.LocalVoters) -> None:
+    """A non-voter keeps no Raft state (docs/voters.md): a node removed from the voter set
+    (re-exec'd, or restarted after it was removed or replaced while down) drops what it kept
+    as a voter, so that a later promotion starts empty from the voter set it is given and
+    gets the log from the leader, instead of from its old log's voter set. Only when its
+    role comes from voters.json, the committed set as this node last applied it: without
+    the file the role is the config's bootstrap guess, and a voter promoted at runtime whose
+    file was deleted must keep its log (the role watcher re-execs it as the voter it is)."""
+    raft_dir = state_dir / RAFT_DIR
+    if not raft_dir.exists():
+        return
+    if local.source == "config":
+        log.warning("%s holds Raft state but this node starts as a non-voter from the "
+                    "config's raft.voters (no %s): keeping it in case this node is still a "
+                    "voter; if it is not, remove the directory before it is promoted",
+                    raft_dir, localfile.path_in(state_dir))
+        return
+    removed = discard_raft_state(raft_dir)
+    if removed:
+        log.info("not a voter (voter set from %s): removed the Raft state it kept as one "
+                 "(%s in %s)", local.source, ", ".join(removed), raft_dir)
 
 
 async def _wait_ready(agent: Agent, stop: asyncio.Event) -> bool:
