@@ -104,6 +104,13 @@ class MembershipKnobs:
     #: is forgotten. Until then it comes back only with a higher incarnation; a restarted node
     #: gets one by refuting the "dead" it learns on join.
     dead_reclaim_time: float = 3600.0
+    #: Seconds after a member is declared dead or leaves during which gossip rounds also go
+    #: to it, with our verdict (memberlist's GossipToTheDeadTime, same default). A restarted
+    #: agent (a role re-exec, systemctl restart: back within seconds, at incarnation 0) learns
+    #: from them that it must refute, even when its seeds are down and it reaches no one
+    #: itself. Later returns are found by the periodic push-pull, which includes one dead or
+    #: left member. 0 turns it off.
+    gossip_to_the_dead_time: float = 30.0
 
     # --- wire ---------------------------------------------------------------------------------
     #: Largest message accepted by decode(); a push-pull of ~20,000 members fits.
@@ -121,7 +128,7 @@ class MembershipKnobs:
             raise KnobError("membership knob suspicion_max_timeout_mult must be >= 1")
         for field in ("indirect_checks", "suspicion_confirmations", "suspicion_probers",
                       "gossip_nodes", "retransmit_mult", "suspicion_decade_mult",
-                      "dead_reclaim_time"):
+                      "dead_reclaim_time", "gossip_to_the_dead_time"):
             if getattr(self, field) < 0:
                 raise KnobError(f"membership knob {field} must be >= 0, got {getattr(self, field)}")
         if self.awareness_max_multiplier < 1:

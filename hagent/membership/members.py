@@ -15,7 +15,7 @@ class Member:
     """What this node believes about one other member (mutated only by the core)."""
 
     __slots__ = ("name", "address", "incarnation", "meta", "state", "state_since",
-                 "last_heard", "suspicion", "forget_at", "_row")
+                 "last_heard", "suspicion", "forget_at", "reminded_at", "_row")
 
     def __init__(self, name: str, address: str, incarnation: int, meta: dict[str, str],
                  now: float) -> None:
@@ -28,6 +28,7 @@ class Member:
         self.last_heard: float | None = None
         self.suspicion: Suspicion | None = None
         self.forget_at: float | None = None
+        self.reminded_at: float | None = None   # last time we told it our dead/left verdict
         self._row: MemberState | None = None
 
     def row(self) -> MemberState:

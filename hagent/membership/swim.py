@@ -20,8 +20,14 @@ Mechanisms (docs/membership.md explains each and its numbers):
 - awareness (awareness.py): missed nacks and refutations stretch this node's probe timeout and
   interval.
 - dissemination (broadcasts.py): updates ride on every message and on gossip rounds.
-- push-pull: full state exchange on join and periodically; also with a dead member, so two
-  sides of a healed partition find each other again.
+- push-pull: full state exchange on join and periodically; also with a dead or left member,
+  so two sides of a healed partition, or a restarted node that reaches no one, find each other
+  again.
+- telling the gone (memberlist's gossip to the dead): a member we list dead or left that
+  sends us anything is sent our verdict at once, and for gossip_to_the_dead_time after the
+  verdict gossip rounds also send it to such members; a live one (a restarted agent back at
+  incarnation 0, the far side of a healed partition) refutes with a higher incarnation and
+  push-pulls with us, so it cannot stay "left" or "dead" at a peer while it runs.
 - reclaim: dead and left members are forgotten after dead_reclaim_time.
 
 Cost: receive() and tick() are O(updates + k + log(timers)); only push-pull and the probe
@@ -53,11 +59,12 @@ __all__ = ["Membership", "Output"]
 COUNTERS = ("probes_sent", "indirect_probes_sent", "acks_received", "nacks_received",
             "probe_failures", "suspicions_raised", "suspicions_received", "refutations",
             "false_suspicions", "deaths_declared", "messages_in", "messages_out", "push_pulls",
-            "pauses_detected", "misdirected", "address_conflicts", "verdicts_deferred")
+            "pauses_detected", "misdirected", "address_conflicts", "verdicts_deferred",
+            "gone_told")
 
 # Timer kinds; the kind is also the tie-break at equal deadlines, so a probe's end is handled
 # before the next probe round starts.
-_T_PROBE, _T_RELAY, _T_SUSPICION, _T_RECLAIM, _T_ROUND, _T_PUSH_PULL = range(6)
+_T_PROBE, _T_RELAY, _T_SUSPICION, _T_RECLAIM, _T_ROUND, _T_PUSH_PULL, _T_GONE = range(7)
 
 
 @dataclass(slots=True)
@@ -134,7 +141,8 @@ class Membership:
         self._members: dict[str, Member] = {}
         self._by_address: dict[str, str] = {}
         self._live = _NameSet()        # alive or suspect, self excluded
-        self._dead = _NameSet()        # dead (not left), until forgotten
+        self._dead = _NameSet()        # dead or left, until forgotten
+        self._gone = _NameSet()        # dead or left for less than gossip_to_the_dead_time
         self._suspects: set[str] = set()
         self._awareness = Awareness(knobs.awareness_max_multiplier)
         self._queue = BroadcastQueue()
@@ -182,8 +190,10 @@ class Membership:
         self._enter(now, out)
         self._counters["messages_in"] += 1
         sender = self._members.get(msg.source)
+        gone_sender = False
         if sender is not None:
             sender.last_heard = now
+            gone_sender = sender.state not in LIVE_STATES
         members = self._members
         for u in msg.updates:
             if type(u) is Alive:
@@ -194,6 +204,11 @@ class Membership:
                     continue
             self._apply(u, now, out)
         t = type(msg)
+        if gone_sender and t is not PushPull and sender.state not in LIVE_STATES:
+            # A member we list dead or left talks to us and did not refute in this message: it
+            # runs again (a restart at incarnation 0, a healed partition) without knowing our
+            # verdict. A push-pull needs no reminder: our rows carry the verdict.
+            self._tell_gone(sender, now, out)
         if t is Ping:
             if msg.target != self.name:
                 self._counters["misdirected"] += 1
@@ -237,9 +252,12 @@ class Membership:
             elif kind == _T_ROUND:
                 if due == self._next_round:
                     self._probe_round(now, out)
-            elif due == self._next_push_pull:
-                self._push_pull_round(now, out)
-        if len(self._queue) and self._next_gossip <= now:
+            elif kind == _T_PUSH_PULL:
+                if due == self._next_push_pull:
+                    self._push_pull_round(now, out)
+            elif self._gone_valid(obj, due):
+                self._gone.discard(obj.name)
+        if (len(self._queue) or len(self._gone)) and self._next_gossip <= now:
             self._gossip_round(now, out)
         return self._leave_call(now, out)
 
@@ -250,7 +268,7 @@ class Membership:
         while timers and not self._timer_valid(timers[0]):
             heapq.heappop(timers)
         d = timers[0][0] if timers else math.inf
-        if len(self._queue) and self._next_gossip < d:
+        if (len(self._queue) or len(self._gone)) and self._next_gossip < d:
             d = self._next_gossip
         return d
 
@@ -370,7 +388,13 @@ class Membership:
             return obj.forget_at == due and self._members.get(obj.name) is obj
         if kind == _T_ROUND:
             return due == self._next_round
-        return due == self._next_push_pull
+        if kind == _T_PUSH_PULL:
+            return due == self._next_push_pull
+        return self._gone_valid(obj, due)
+
+    def _gone_valid(self, m: Member, due: float) -> bool:
+        return (m.state not in LIVE_STATES and self._members.get(m.name) is m
+                and m.state_since + self.knobs.gossip_to_the_dead_time == due)
 
     def _suspicion_valid(self, m: Member, due: float) -> bool:
         return (m.state == SUSPECT and m.suspicion is not None and m.suspicion.deadline == due
@@ -522,6 +546,7 @@ class Membership:
             m.forget_at = None
             self._suspects.discard(a.name)
             self._dead.discard(a.name)
+            self._gone.discard(a.name)
             self._live.add(a.name)
             if old_state != SUSPECT:
                 # Back from dead: the round robin may have skipped it this cycle.
@@ -599,7 +624,9 @@ class Membership:
             if self._left:
                 return
             if d.incarnation >= self.incarnation:
-                self._refute(d.incarnation, d.source, now, out)
+                # Listed dead or left: we were out of the accuser's view, likely out of sync
+                # too (restarted, partitioned): refute with a push-pull, not only gossip.
+                self._refute(d.incarnation, d.source, now, out, resync=True)
             else:
                 self._remind(d.source, out)
             return
@@ -615,8 +642,10 @@ class Membership:
         m.suspicion = None
         self._suspects.discard(m.name)
         self._live.discard(m.name)
-        if not left:
-            self._dead.add(m.name)
+        self._dead.add(m.name)
+        if self.knobs.gossip_to_the_dead_time > 0:
+            self._gone.add(m.name)
+            self._push(now + self.knobs.gossip_to_the_dead_time, _T_GONE, m)
         m.forget_at = now + self.knobs.dead_reclaim_time
         self._push(m.forget_at, _T_RECLAIM, m)
         out.events.append(MemberLeft(m.name, d.incarnation) if left
@@ -628,9 +657,11 @@ class Membership:
         if self._by_address.get(m.address) == m.name:
             del self._by_address[m.address]
         self._dead.discard(m.name)
+        self._gone.discard(m.name)
         self._queue.invalidate(m.name)
 
-    def _refute(self, accused: int, accuser: str | None, now: float, out: Output) -> None:
+    def _refute(self, accused: int, accuser: str | None, now: float, out: Output,
+                resync: bool = False) -> None:
         self.incarnation = max(self.incarnation, accused) + 1
         self._awareness.apply_delta(1)
         self._counters["refutations"] += 1
@@ -639,7 +670,15 @@ class Membership:
         self._queue.queue(alive)
         self._next_gossip = min(self._next_gossip, now)   # spread it now, not next round
         m = self._members.get(accuser) if accuser is not None else None
-        if m is not None and m.state in LIVE_STATES:
+        if m is None or m.state not in LIVE_STATES:
+            return
+        if resync:
+            # A push-pull carries the refutation in our row and brings back the accuser's
+            # table: a restarted node that reached no one learns the cluster from it.
+            self._counters["push_pulls"] += 1
+            self._send(out, m.address,
+                       PushPull(self.name, self.address, False, False, self._state_rows()))
+        else:
             # The accuser holds the earliest timer: tell it first, not only by epidemic.
             self._send(out, m.address, Gossip(self.name, self.address, self._piggyback(m.name)))
 
@@ -650,6 +689,19 @@ class Membership:
         m = self._members.get(accuser)
         if m is not None and m.state in LIVE_STATES:
             self._send(out, m.address, Gossip(self.name, self.address, (self._self_alive(),)))
+
+    def _tell_gone(self, m: Member, now: float, out: Output) -> None:
+        """Send a member we list dead or left our verdict, at most once per probe_interval.
+        If it runs, it refutes (a higher incarnation, pushed back to us with our table); our
+        Alive goes first so that a node that knows no one (a restart whose seeds are down)
+        learns where to send it."""
+        if self._left or (m.reminded_at is not None
+                          and now - m.reminded_at < self.knobs.probe_interval):
+            return
+        m.reminded_at = now
+        self._counters["gone_told"] += 1
+        self._send(out, m.address, Gossip(self.name, self.address, (
+            self._self_alive(), Dead(m.name, m.incarnation, self.name))))
 
     def _self_alive(self) -> Alive:
         return Alive(self.name, self.incarnation, self.address, dict(self.meta))
@@ -682,6 +734,16 @@ class Membership:
             if not updates:
                 break
             self._send(out, self._members[name].address, Gossip(self.name, self.address, updates))
+        gone = self._gone
+        if len(gone) and not self._left:
+            # memberlist's gossip to the dead: each of the gossip_nodes picks is a recently
+            # gone member with the odds it would have in a draw over live and gone together, so
+            # a restarted agent hears of its verdict within a round or two, at a cost to the
+            # cluster of ~gossip_nodes messages per round whatever its size.
+            for _ in range(self.knobs.gossip_nodes):
+                if self._rng.random() * (len(self._live) + len(gone)) < len(gone):
+                    self._tell_gone(self._members[gone.items[self._rng.randrange(len(gone))]],
+                                    now, out)
 
     def _sample(self, k: int, exclude: tuple[str, ...], alive_only: bool) -> list[str]:
         """Up to k distinct random live members, not in ``exclude`` (alive only if asked)."""
@@ -718,7 +780,8 @@ class Membership:
             self._queue.queue(self._self_alive())
         targets = self._sample(1, (), alive_only=True)
         if len(self._dead):
-            # A dead member may be back (a healed partition): offer it our state too.
+            # A dead or left member may be back (a healed partition, a restart that reached no
+            # one): offer it our state too.
             targets.append(self._dead.items[self._rng.randrange(len(self._dead))])
         if not targets:
             return
