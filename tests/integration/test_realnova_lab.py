@@ -18,7 +18,7 @@ import pytest
 from hagent.lab import configs, power
 from hagent.lab.hostpower import call
 from hagent.lab.nova.records import DEFAULT_FLAVORS
-from hagent.lab.realnova import RealNova
+from hagent.lab.realnova import RealNova, RealNovaError
 
 from lease_helpers import REPO, wait_for
 
@@ -161,3 +161,17 @@ def test_stop_ends_every_process_and_removes_the_data(lab):
     assert not (lab_dir / "realnova.json").exists()
     assert not (lab_dir / "clouds.yaml").exists()
     assert not Path(nova.record["control_socket"]).exists()
+
+
+def test_a_failed_start_keeps_its_logs_and_says_which_step_failed(tmp_path):
+    # 192.0.2.1 (TEST-NET-1) is on no interface here: the APIs cannot bind it.
+    with pytest.raises(RealNovaError) as raised:
+        RealNova.start(tmp_path, ["cmp1"], bind="192.0.2.1", timeout=120.0)
+    message = str(raised.value)
+    (kept,) = tmp_path.glob("realnova-failed-*")
+    assert f"(logs kept in {kept})" in message
+    assert "failed step: configure\nerror: OSError: [Errno 99]" in message
+    assert (kept / "failure.txt").read_text().startswith("failed step: configure\n")
+    assert "Traceback" in (kept / "supervisor.log").read_text()
+    assert not (tmp_path / "realnova").exists()
+    assert not (tmp_path / "realnova.json").exists()

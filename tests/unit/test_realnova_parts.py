@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hagent.lab.realnova import configs, install, powerlink, standins
+from hagent.lab.realnova import configs, daemons, failure, install, powerlink, standins
 from hagent.lab.realnova.layout import API_PORTS, LOCAL_PORTS, Layout
 from hagent.lab.realnova.supervisor import remove_data
 
@@ -86,6 +86,9 @@ def test_remove_data_keeps_only_what_is_asked(tmp_path):
     for rel in ("logs/supervisor.log", "logs/nova.log", "mysql/ibdata1", "etc/nova/nova.conf"):
         (data / rel).parent.mkdir(parents=True, exist_ok=True)
         (data / rel).write_text("x")
+    remove_data(data, keep={"logs"})  # a kept directory keeps what is in it
+    assert sorted(p.relative_to(data).as_posix() for p in data.rglob("*")) == \
+        ["logs", "logs/nova.log", "logs/supervisor.log"]
     remove_data(data, keep={"logs/supervisor.log"})
     assert sorted(p.relative_to(data).as_posix() for p in data.rglob("*")) == \
         ["logs", "logs/supervisor.log"]
@@ -111,3 +114,49 @@ def test_power_link_acts_on_changes_only(tmp_path, monkeypatch):
     assert changes == [("cmp1", False), ("cmp1", True)]
     with pytest.raises(KeyError):
         link.power("cmp2", "off")
+
+
+class _Proc:
+    """What ``failure.report`` reads of a daemon's Popen."""
+
+    def __init__(self, pid: int, returncode: int | None) -> None:
+        self.pid, self.returncode = pid, returncode
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+
+def test_failure_report_names_the_step_the_daemon_its_traceback_and_the_dead(tmp_path):
+    keystone_log = tmp_path / "keystone.log"
+    keystone_log.write_text("\n".join(f"noise {i}" for i in range(100)) +
+                            "\nTraceback (most recent call last):\n  File x\nKeyError: 'a'\n")
+    rabbit_log = tmp_path / "rabbitmq.log"
+    rabbit_log.write_text("".join(f"line {i}\n" for i in range(40)))
+    with pytest.raises(failure.StepFailed) as raised:
+        with failure.step("outer", "nova_api", tmp_path / "nova_api.log"):
+            with failure.step("start keystone", "keystone", keystone_log):
+                raise daemons.DaemonError("keystone: not within 90 s")
+    text = failure.report(raised.value, {"keystone": _Proc(7, None), "rabbitmq": _Proc(8, 1)},
+                          {"keystone": keystone_log, "rabbitmq": rabbit_log})
+    lines = text.splitlines()
+    assert lines[:3] == ["failed step: start keystone",  # the innermost step
+                         "error: DaemonError: keystone: not within 90 s",
+                         f"daemon: keystone (pid 7, running); log {keystone_log}, last lines:"]
+    assert lines[3:6] == ["  | Traceback (most recent call last):", "  |   File x",
+                          "  | KeyError: 'a'"]  # from the traceback, not the last 12 lines
+    assert lines[6] == f"died during start-up: rabbitmq (exit 1); log {rabbit_log}, last lines:"
+    assert lines[7:] == [f"  | line {i}" for i in range(40 - failure.TAIL_LINES, 40)]
+
+
+def test_keep_logs_moves_them_out_of_the_data_and_rewrites_the_report(tmp_path):
+    logs = tmp_path / "realnova" / "logs"
+    logs.mkdir(parents=True)
+    (logs / "nova_api.log").write_text("x")
+    (logs / failure.FAILURE_FILE).write_text(f"log {logs / 'nova_api.log'}\n")
+    kept = failure.keep_logs(tmp_path, 4242)
+    assert kept is not None and kept.parent == tmp_path
+    assert kept.name.startswith("realnova-failed-") and kept.name.endswith("-4242")
+    assert not logs.exists() and (kept / "nova_api.log").read_text() == "x"
+    assert (kept / failure.FAILURE_FILE).read_text() == f"log {kept / 'nova_api.log'}\n"
+    assert failure.keep_logs(tmp_path, 4242) == kept  # the handle after its supervisor
+    assert failure.keep_logs(tmp_path, 99) is None    # nothing left to keep

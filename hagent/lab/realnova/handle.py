@@ -29,7 +29,7 @@ from typing import Any, Callable
 import psutil
 
 from hagent.lab import records
-from hagent.lab.realnova import daemons
+from hagent.lab.realnova import daemons, failure
 from hagent.lab.realnova.layout import CLOUDS_FILE, DATA_DIR, DEFAULT_CLOUD, LOCAL, RECORD_FILE
 from hagent.lab.realnova.supervisor import RealNovaError, clear_stale, remove_data
 
@@ -66,8 +66,10 @@ class RealNova:
         """Start a real Nova lab for ``hosts`` (installing what is missing) and wait until
         READY: every nova-compute mapped to cell1 and reported up. ``lab_dir``: a lab whose
         ``power.json`` lists the hosts' power switches. ``bind``: the address the APIs listen
-        on and clouds.yaml names (a netns lab's bridge address). RealNovaError (with the log
-        to read) if it does not get READY; what it started is stopped then."""
+        on and clouds.yaml names (a netns lab's bridge address). RealNovaError if it does not
+        get READY: what it started is stopped, its logs are moved to
+        ``DIR/realnova-failed-<UTC time>-<pid>/`` and the error names them and tells the
+        failing step, its daemon and the tail of its log (``failure.py``)."""
         directory = Path(directory).resolve()
         directory.mkdir(parents=True, exist_ok=True)
         clear_stale(directory)
@@ -93,19 +95,18 @@ class RealNova:
                 if record and record.get("ready"):
                     return cls(directory, record, process)
                 if process.poll() is not None:
-                    raise RealNovaError(f"the real Nova lab did not start (exit "
-                                        f"{process.returncode}); see {log_file}:\n"
-                                        f"{_tail(log_file)}")
+                    why = f"its supervisor exited {process.returncode}"
+                    break
                 if time.monotonic() >= deadline:
-                    raise RealNovaError(f"the real Nova lab was not READY within {timeout:g} "
-                                        f"s; see {logs}")
+                    why = f"not READY within {timeout:g} s"
+                    break
                 time.sleep(0.2)
         except BaseException:
-            # Not READY: on SIGTERM it ends what it started and keeps its logs.
-            _stop(directory, _read_record(directory, missing_ok=True) or {"pid": process.pid},
-                  STOP_TIMEOUT, keep_logs=True)
-            process.wait()
+            _stop_failed(directory, process)
             raise
+        kept = _stop_failed(directory, process)
+        raise RealNovaError(f"the real Nova lab did not start ({why}):\n"
+                            f"{_failure_text(kept)}\n(logs kept in {kept})")
 
     @classmethod
     def attach(cls, directory: Path | str) -> RealNova:
@@ -321,6 +322,27 @@ def _stop(directory: Path, record: dict[str, Any], timeout: float, keep_logs: bo
     (directory / CLOUDS_FILE).unlink(missing_ok=True)
 
 
+def _stop_failed(directory: Path, process: subprocess.Popen) -> Path | None:
+    """End a start that did not get READY (on SIGTERM its supervisor writes why, ends what
+    it started and moves its logs aside); make sure of it. Where the logs were kept."""
+    _stop(directory, _read_record(directory, missing_ok=True) or {"pid": process.pid},
+          STOP_TIMEOUT, keep_logs=True)
+    process.wait()
+    kept = failure.keep_logs(directory, process.pid)  # the supervisor's, or ours if killed
+    remove_data(directory / DATA_DIR)
+    return kept
+
+
+def _failure_text(kept: Path | None) -> str:
+    """The supervisor's report of why, or the tail of its log if it wrote none."""
+    if kept is None:
+        return "(no logs)"
+    report = kept / failure.FAILURE_FILE
+    if report.exists():
+        return report.read_text().rstrip()
+    return "\n".join(failure.tail(kept / "supervisor.log", 30))
+
+
 def _pid(pid: int) -> psutil.Process | None:
     """Our own child that has not written its record yet."""
     try:
@@ -342,10 +364,3 @@ def _read_record(directory: Path, missing_ok: bool = False) -> dict[str, Any] | 
         if missing_ok:
             return None  # being replaced
         raise RealNovaError(f"{path} is not valid JSON: {exc}") from None
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""

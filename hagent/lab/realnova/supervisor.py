@@ -33,7 +33,8 @@ import psutil
 
 from hagent.lab import records
 from hagent.lab.ports import PortPicker
-from hagent.lab.realnova import bootstrap, configs, daemons, install, services
+from hagent.lab.realnova import bootstrap, configs, daemons, failure, install, services
+from hagent.lab.realnova.failure import Stopped, step
 from hagent.lab.realnova.layout import (API_PORTS, DEFAULT_CLOUD, LOCAL, LOCAL_PORTS,
                                         Layout)
 from hagent.lab.realnova.powerlink import PowerLink
@@ -44,10 +45,6 @@ log = logging.getLogger(__name__)
 READY_LINE = "READY"
 #: How long the computes may take to be reported up once mapped.
 SERVICES_UP_TIMEOUT = 60.0
-
-
-class Stopped(Exception):
-    """SIGTERM or SIGINT arrived while the lab was starting."""
 
 
 class RealNovaError(Exception):
@@ -79,7 +76,8 @@ def remove_data(data: Path, keep: set[str] | None = None) -> None:
         return
     for path in sorted(data.rglob("*"), key=lambda p: len(p.parts), reverse=True):
         rel = path.relative_to(data).as_posix()
-        if any(k == rel or k.startswith(rel + "/") for k in keep):
+        # kept: a kept path, what is inside one, and the directories leading to one
+        if any(k == rel or rel.startswith(k + "/") or k.startswith(rel + "/") for k in keep):
             continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
@@ -123,20 +121,29 @@ class Supervisor:
 
     def start(self) -> None:
         """Everything, in dependency order, independent branches at once; READY when every
-        compute is mapped and reported up."""
-        clear_stale(self.dir)
-        self.installed = install.ensure()
+        compute is mapped and reported up. A failure leaves as ``failure.StepFailed``
+        naming the step, and the daemon and log that tell why."""
+        with step("clear a previous lab"):
+            clear_stale(self.dir)
+        with step("install", log_file=install.home() / "pip.log"):
+            self.installed = install.ensure()
         self.timings["install"] = time.monotonic() - self.started
-        self.layout = layout = self._layout()
-        configs.write_all(layout, self.installed.venv)
-        self._save()
-        for kind in ("image", "network"):
-            self._standins.append(StandIn(kind, layout.bind, layout.ports[kind]).start())
-        self._serve_control()
-        self._add("epmd", services.start_epmd(layout), layout.log("epmd"))
-        rabbit = self._add("rabbitmq", services.spawn_rabbitmq(layout), layout.log("rabbitmq"))
-        self._add("mariadb", services.start_mariadb(layout), layout.log("mariadb"))
-        bootstrap.create_databases(layout)
+        with step("configure"):
+            self.layout = layout = self._layout()
+            configs.write_all(layout, self.installed.venv)
+            self._save()
+            for kind in ("image", "network"):
+                self._standins.append(StandIn(kind, layout.bind, layout.ports[kind]).start())
+            self._serve_control()
+        with step("start epmd", "epmd", layout.log("epmd")):
+            self._add("epmd", services.start_epmd(layout), layout.log("epmd"))
+        with step("start rabbitmq", "rabbitmq", layout.log("rabbitmq")):
+            rabbit = self._add("rabbitmq", services.spawn_rabbitmq(layout),
+                               layout.log("rabbitmq"))
+        with step("start mariadb", "mariadb", layout.log("mariadb")):
+            self._add("mariadb", services.start_mariadb(layout), layout.log("mariadb"))
+        with step("create the databases", "mariadb", layout.log("mariadb")):
+            bootstrap.create_databases(layout)
         keystone_up = threading.Event()
         placement_up = threading.Event()
         bootstrap.in_parallel(
@@ -144,9 +151,12 @@ class Supervisor:
             self._branch(lambda: self._placement(keystone_up, placement_up)),
             self._branch(lambda: self._nova(rabbit, keystone_up, placement_up)))
         self.timings["services"] = time.monotonic() - self.started
-        bootstrap.flavors(layout)
-        bootstrap.map_computes(layout, self.installed, self._check_alive)
-        self._wait_computes_up()
+        with step("create the flavors", "nova_api", layout.log("nova_api")):
+            bootstrap.flavors(layout)
+        with step("map the computes to cell1", None, layout.log("setup")):
+            bootstrap.map_computes(layout, self.installed, self._check_alive)
+        with step("wait for the computes to report up"):
+            self._wait_computes_up()
         self.timings["ready"] = time.monotonic() - self.started
         self._start_link()
         with self.lock:
@@ -171,22 +181,27 @@ class Supervisor:
 
     def _keystone(self, up: threading.Event) -> None:
         layout, installed = self.layout, self.installed
-        bootstrap.keystone_keys(layout, installed)
-        bootstrap.keystone_schema(layout, installed)
-        proc = self._add("keystone", services.spawn_wsgi(layout, installed, "keystone"),
-                         layout.log("keystone"))
-        services.wait_wsgi(layout, "keystone", proc)
-        bootstrap.identity(layout)
-        bootstrap.write_clouds(layout)
+        with step("keystone keys and schema", None, layout.log("setup")):
+            bootstrap.keystone_keys(layout, installed)
+            bootstrap.keystone_schema(layout, installed)
+        with step("start keystone", "keystone", layout.log("keystone")):
+            proc = self._add("keystone", services.spawn_wsgi(layout, installed, "keystone"),
+                             layout.log("keystone"))
+            services.wait_wsgi(layout, "keystone", proc)
+        with step("keystone catalog and demo user", "keystone", layout.log("keystone")):
+            bootstrap.identity(layout)
+            bootstrap.write_clouds(layout)
         self.timings["keystone"] = time.monotonic() - self.started
         up.set()
 
     def _placement(self, keystone_up: threading.Event, up: threading.Event) -> None:
         layout, installed = self.layout, self.installed
-        bootstrap.placement_schema(layout, installed)
-        proc = self._add("placement", services.spawn_wsgi(layout, installed, "placement"),
-                         layout.log("placement"))
-        services.wait_wsgi(layout, "placement", proc)
+        with step("placement schema", None, layout.log("setup")):
+            bootstrap.placement_schema(layout, installed)
+        with step("start placement", "placement", layout.log("placement")):
+            proc = self._add("placement", services.spawn_wsgi(layout, installed, "placement"),
+                             layout.log("placement"))
+            services.wait_wsgi(layout, "placement", proc)
         self._wait_event(keystone_up, "keystone")
         self.timings["placement"] = time.monotonic() - self.started
         up.set()
@@ -194,18 +209,24 @@ class Supervisor:
     def _nova(self, rabbit: subprocess.Popen, keystone_up: threading.Event,
               placement_up: threading.Event) -> None:
         layout, installed = self.layout, self.installed
-        bootstrap.nova_schema(layout, installed)
-        services.wait_rabbitmq(layout, rabbit)
+        with step("nova schema and cells", None, layout.log("setup")):
+            bootstrap.nova_schema(layout, installed)
+        with step("wait for rabbitmq", "rabbitmq", layout.log("rabbitmq")):
+            services.wait_rabbitmq(layout, rabbit)
         for binary in ("nova-conductor", "nova-scheduler"):
-            self._add(binary, services.spawn_nova(layout, installed, binary),
-                      layout.log(binary))
+            with step(f"start {binary}", binary, layout.log(binary)):
+                self._add(binary, services.spawn_nova(layout, installed, binary),
+                          layout.log(binary))
         # A compute reports its resources to Placement once, at start: both must be up.
         self._wait_event(placement_up, "placement")
         for host in self.hosts:
-            self._start_compute(host)
-        proc = self._add("nova_api", services.spawn_wsgi(layout, installed, "nova_api"),
-                         layout.log("nova_api"))
-        services.wait_wsgi(layout, "nova_api", proc)
+            name = self.compute_name(host)
+            with step(f"start {name}", name, layout.log(name)):
+                self._start_compute(host)
+        with step("start nova_api", "nova_api", layout.log("nova_api")):
+            proc = self._add("nova_api", services.spawn_wsgi(layout, installed, "nova_api"),
+                             layout.log("nova_api"))
+            services.wait_wsgi(layout, "nova_api", proc)
         self.timings["nova"] = time.monotonic() - self.started
 
     def _branch(self, step: Any) -> Any:
@@ -394,6 +415,22 @@ class Supervisor:
 
     # --- stop -------------------------------------------------------------------------------
 
+    def fail(self, exc: BaseException) -> Path | None:
+        """After a start that did not get READY: write and log why (``failure.report``),
+        end everything, and move the logs where stopping does not remove them. Where."""
+        log.error("start-up failed", exc_info=exc)
+        with self.lock:
+            text = failure.report(exc, dict(self.procs),
+                                  {name: Path(e["log"]) for name, e in self.entries.items()})
+        log.error("real Nova lab did not start:\n%s", text)
+        logs = self.dir / "realnova" / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        (logs / failure.FAILURE_FILE).write_text(text + "\n")
+        self.shutdown(keep_logs=True)
+        kept = failure.keep_logs(self.dir, os.getpid())
+        log.error("logs kept in %s", kept)
+        return kept
+
     def shutdown(self, keep_logs: bool = False) -> float:
         """End every daemon (SIGKILL to each session: the data goes anyway), remove the
         lab's data, record and clouds.yaml, free its ports. Seconds it took."""
@@ -455,13 +492,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         supervisor.start()
-    except (Stopped, RealNovaError, daemons.DaemonError, install.InstallError) as exc:
-        log.error("real Nova lab did not start: %s", exc)
-        supervisor.shutdown(keep_logs=True)
-        return 1
-    except BaseException:
-        log.exception("real Nova lab did not start")
-        supervisor.shutdown(keep_logs=True)
+    except BaseException as exc:  # noqa: BLE001 - every failure is told and stopped alike
+        supervisor.fail(exc)
         return 1
     print(READY_LINE, flush=True)
     supervisor.stop_event.wait()
