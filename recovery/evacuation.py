@@ -11,10 +11,11 @@ vmove: pending > ongoing > succeeded | failed (or ignored).
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass
 from typing import Any
 
-from recovery.nova import ServerView
+from recovery.nova import MigrationView, ServerView
 from recovery.outcomes import EndRecovery, LeadershipLost, StepFailed
 from recovery.steps import (
     InstanceState, StepContext, Truth, checkpoint, compute_service, describe_state, is_ha,
@@ -26,13 +27,15 @@ from recovery.workflows import (
     PREPARE_INSTANCES, RESET_STATE, RESTORE_ERROR, STOP,
 )
 
-# Nova's task states while an evacuation rebuilds the instance (nova/compute/task_states.py).
-REBUILDING = frozenset({"rebuilding", "rebuild_block_device_mapping", "rebuild_spawning"})
 SHUTDOWN = 4  # nova power_state
-# How many looks in a row must show an evacuated instance back on its failed host with no
-# task before the evacuation counts as not happening (Nova sets task_state rebuilding before
-# it answers the evacuate call, so one look would do against Nova itself).
-_STUCK_LOOKS = 3
+# An evacuation migration's statuses (nova/compute/api.py evacuate, conductor, manager.py
+# rebuild_instance, resource_tracker.py finish_evacuation): accepted > pre-migrating > done
+# (> completed once the source's nova-compute cleaned up), or error (no host) / failed.
+MIGRATION_DONE = frozenset({"done", "completed"})
+MIGRATION_FAILED = frozenset({"error", "failed"})
+MIGRATION_ENDED = MIGRATION_DONE | MIGRATION_FAILED
+# How an intent's detail records the migration id this recovery's evacuations are newer than.
+_KNOWN_RE = re.compile(r"evacuations newer than migration (\d+)")
 
 
 @dataclass(frozen=True)
@@ -197,13 +200,19 @@ async def evacuate_instance(ctx: StepContext, instance: str) -> bool:
     before = _original_state(ctx, instance, server)
     plan = evacuation_plan(before)
     source = ctx.host
+    try:
+        known = await _known_evacuations(ctx, instance, source)
+    except StepFailed as exc:
+        await ctx.ledger.vmove(instance, "failed", message=str(exc))
+        return False
     detail = (f"from {describe_state(before)}; to "
-              f"{ctx.target or 'a host the scheduler picks'}")
+              f"{ctx.target or 'a host the scheduler picks'}; "
+              f"evacuations newer than migration {known}")
     try:
         await ctx.ledger.vmove(instance, "ongoing")
         if plan.reset_first:
             await _reset_state(ctx, RESET_STATE, instance, detail)
-        await _evacuate(ctx, instance, source, plan, detail)
+        await _evacuate(ctx, instance, source, plan, detail, known)
         if plan.stop_after:
             await stop_server(ctx, STOP, instance, detail)
         if plan.restore_error:
@@ -238,29 +247,44 @@ async def _reset_state(ctx: StepContext, name: str, instance: str, detail: str) 
 
 
 async def _evacuate(ctx: StepContext, instance: str, source: str, plan: EvacuationPlan,
-                    detail: str) -> None:
+                    detail: str, known: int) -> None:
+    """Evacuate ``instance`` from ``source``, judged by Nova's migration records, not the
+    server's ``host``: Nova saves the rebuilt instance ACTIVE with no task while ``host``
+    still names the source, and moves ``host`` only when ``finish_evacuation`` gets the
+    destination's resource lock (seconds to tens of seconds under load on real Nova). The
+    evacuate call creates its migration before it answers, so a migration of this
+    recovery's (see `_ours`) that has not failed means the call happened: truth, the retry
+    of a failed call, and a resumed intent all stop at it instead of evacuating twice."""
+    async def evacuations() -> list[MigrationView]:
+        return await ctx.nova.evacuations(instance, source)
+
     async def truth() -> Truth:
         s = await server_or_fail(ctx, instance)
-        return Truth(s.host != source or s.task_state in REBUILDING,
-                     f"{state_text(s)} on {s.host}")
-
-    stuck = [0]
+        ours = _ours(await evacuations(), known)
+        under_way = [m for m in ours if m.status not in MIGRATION_FAILED]
+        text = f"{state_text(s)} on {s.host}; {_migrations_text(ours)}"
+        # An instance no longer on its failed host left it before this recovery looked
+        # (another evacuation, an operator): there is nothing left to evacuate.
+        return Truth(bool(under_way) or s.host != source, text)
 
     async def check() -> tuple[bool, str]:
+        ours = _ours(await evacuations(), known)
         s = await server_or_fail(ctx, instance)
-        seen = f"{s.status} ({state_text(s)}) on {s.host}"
-        if s.task_state is not None:
-            stuck[0] = 0
+        seen = f"{s.status} ({state_text(s)}) on {s.host}; {_migrations_text(ours)}"
+        if any(m.status not in MIGRATION_ENDED for m in ours):
             return False, seen
-        if s.host == source:
-            stuck[0] += 1
-            if stuck[0] >= _STUCK_LOOKS:
-                raise StepFailed(f"Nova did not evacuate instance {instance}: {seen}")
+        if ours and not any(m.status in MIGRATION_DONE for m in ours):
+            raise StepFailed(f"evacuation of instance {instance} from {source} "
+                             f"{ours[0].status} in Nova (migration {ours[0].id}): {seen}")
+        if not ours and s.host == source:
+            raise StepFailed(f"Nova has no evacuation of instance {instance} from {source} "
+                             f"since migration {known}: {seen}")
+        if s.host == source or s.task_state is not None:
             return False, seen
-        if s.vm_state == plan.expect:
-            return True, f"{s.status} on {s.host}"
         if s.vm_state == "error":
             raise StepFailed(f"evacuation of instance {instance} ended in ERROR on {s.host}")
+        if s.vm_state == plan.expect:
+            return True, f"{s.status} on {s.host}"
         return False, seen
 
     async def confirm() -> str:
@@ -269,6 +293,34 @@ async def _evacuate(ctx: StepContext, instance: str, source: str, plan: Evacuati
 
     await run_step(ctx, EVACUATE, instance, detail=detail, truth=truth,
                    act=lambda: ctx.nova.evacuate(instance, ctx.target), confirm=confirm)
+
+
+def _ours(migrations: list[MigrationView], known: int) -> list[MigrationView]:
+    """The evacuations that belong to this recovery, newest first: those newer than the
+    newest one recorded before its first step on the instance (``known``), and any still
+    under way (an evacuation already running when the recovery began, by whoever, must
+    not be joined by a second one). An older evacuation of the same instance from the same
+    host (it came back there since) ended before, and is never mistaken for this one."""
+    return [m for m in migrations if m.id > known or m.status not in MIGRATION_ENDED]
+
+
+def _migrations_text(ours: list[MigrationView]) -> str:
+    if not ours:
+        return "no evacuation migration"
+    return "migration " + ", ".join(f"{m.id} {m.status}" for m in ours)
+
+
+async def _known_evacuations(ctx: StepContext, instance: str, source: str) -> int:
+    """The id this recovery's evacuations of ``instance`` are newer than: as its first
+    intent about the instance recorded it (any attempt, so a retry or a new leader judges
+    by the same line), else the newest evacuation migration from ``source`` now (0: none)."""
+    for item in ctx.ledger.steps:
+        if item["key"] == instance:
+            match = _KNOWN_RE.search(item["detail"] or "")
+            if match is not None:
+                return int(match.group(1))
+    migrations = await read(ctx, lambda: ctx.nova.evacuations(instance, source))
+    return max((m.id for m in migrations), default=0)
 
 
 # --- host failure: reserved hosts ------------------------------------------------------------

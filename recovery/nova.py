@@ -81,6 +81,26 @@ class ServerView:
     project_id: str | None
 
 
+@dataclass(frozen=True)
+class MigrationView:
+    """An evacuation's migration record as Nova reported it (``GET /os-migrations``).
+
+    Nova creates it (status ``accepted``) before it answers the evacuate call; the
+    destination's claim makes it ``pre-migrating``; ``finish_evacuation`` sets ``done`` once
+    the server's ``host`` is the destination (``completed`` after the source's nova-compute
+    started again and cleaned up); ``error`` when no host was found, ``failed`` when the
+    rebuild failed. ``id`` is Nova's database id: it only grows, so a higher id is a later
+    migration."""
+
+    id: int
+    uuid: str | None
+    instance: str
+    source: str | None
+    dest: str | None
+    status: str
+    created_at: str | None
+
+
 class NovaError(Exception):
     """A Nova (or Keystone) call that failed.
 
@@ -176,6 +196,19 @@ def server_view(server: Any) -> ServerView:
         host=server.compute_host,
         metadata=dict(server.metadata or {}),
         project_id=server.project_id,
+    )
+
+
+def migration_view(migration: Any) -> MigrationView:
+    """An openstacksdk ``Migration`` as a MigrationView (its ``id`` is Nova's integer id)."""
+    return MigrationView(
+        id=int(migration.id),
+        uuid=migration.uuid,
+        instance=migration.server_id,
+        source=migration.source_compute,
+        dest=migration.dest_compute,
+        status=migration.status,
+        created_at=migration.created_at,
     )
 
 
@@ -366,6 +399,19 @@ class NovaClient:
             except os_exc.NotFoundException:
                 return None
         return await self._call(f"show server {server_id}", run)
+
+    async def evacuations(self, server_id: str, source_host: str) -> list[MigrationView]:
+        """The server's evacuation migrations from ``source_host``, newest (highest id)
+        first. Kept only if they match, even if Nova ignored a query filter: a recovery
+        must judge its own evacuation by them alone."""
+        def run() -> list[MigrationView]:
+            found = self._compute.migrations(server_id=server_id, source_compute=source_host,
+                                             migration_type="evacuation")
+            views = [migration_view(m) for m in found if m.migration_type == "evacuation"]
+            return sorted((v for v in views if v.instance == server_id
+                           and v.source == source_host), key=lambda v: -v.id)
+        return await self._call(f"list evacuations of server {server_id} from host "
+                                f"{source_host}", run)
 
     async def _server_action(self, verb: str, server_id: str,
                              fn: Callable[[], None], detail: str = "") -> None:

@@ -4,8 +4,8 @@ Every step that changes the world goes through `run_step`, which gives it these 
 (what the engine and the tests rely on):
 
 - **Truth first.** Before acting, the step asks Nova whether the wanted state is already
-  there (service already forced down, instance already on another host or being rebuilt
-  there, already stopped). If so it does not act: the record says ``skipped``.
+  there (service already forced down, an evacuation of the instance already recorded in
+  Nova's migrations, already stopped). If so it does not act: the record says ``skipped``.
 - **Intent before the call.** The intent (with this leader's term) is committed before
   the call; a deposed leader's intent is refused by the log, so it never acts.
 - **Result after the confirmation.** The call is confirmed by polling Nova until it shows
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Protocol
 
 from recovery.ledger import AgentLike, Ledger
-from recovery.nova import NovaError, ServerView, ServiceView
+from recovery.nova import MigrationView, NovaError, ServerView, ServiceView
 from recovery.outcomes import EndRecovery, StepFailed
 from recovery.workflows import (
     CONFIRM_ACTIVE, DISABLE_SERVICE, ENABLE_SERVICE, FORCE_DOWN, RESET_STATE, START_INSTANCE,
@@ -54,6 +54,7 @@ class NovaLike(Protocol):
     async def servers_on_host(self, host: str) -> list[ServerView]: ...
     async def server(self, server_id: str) -> ServerView | None: ...
     async def evacuate(self, server_id: str, target_host: str | None = None) -> None: ...
+    async def evacuations(self, server_id: str, source_host: str) -> list[MigrationView]: ...
     async def stop(self, server_id: str) -> None: ...
     async def start(self, server_id: str) -> None: ...
     async def reset_state(self, server_id: str, state: str) -> None: ...

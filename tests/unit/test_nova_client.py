@@ -15,6 +15,7 @@ import pytest
 import requests
 from keystoneauth1 import exceptions as ksa_exc
 from openstack import exceptions as os_exc
+from openstack.compute.v2.migration import Migration
 from openstack.compute.v2.server import Server
 from openstack.compute.v2.service import Service
 
@@ -181,9 +182,10 @@ def test_service_view_of_an_enabled_service_has_no_reason():
 class StandInCompute:
     """The few compute proxy methods the client calls, answering from lists."""
 
-    def __init__(self, services=(), servers=()):
+    def __init__(self, services=(), servers=(), migrations=()):
         self._services = list(services)
         self._servers = list(servers)
+        self._migrations = list(migrations)
         self.updates: list[tuple[str, dict]] = []
         self.calls: list[tuple] = []
         self.raise_on: dict[str, BaseException] = {}
@@ -218,6 +220,10 @@ class StandInCompute:
 
     def evacuate_server(self, server_id, host=None):
         self._enter("evacuate_server", server_id, host)
+
+    def migrations(self, **query):
+        self._enter("migrations", query)
+        return iter(self._migrations)
 
     def reset_server_state(self, server_id, state):
         self._enter("reset_server_state", server_id, state)
@@ -292,6 +298,35 @@ def test_servers_on_host_asks_all_projects_on_that_host_and_drops_other_hosts():
     assert [v.id for v in views] == [on_host.id]
     assert compute.calls == [("servers", {"details": True, "all_projects": True,
                                           "compute_host": "cmp1"})]
+
+
+def migration(ident, status, **extra):
+    """An os-migrations entry as Nova 34 lists it at microversion 2.94."""
+    body = {"id": ident, "uuid": f"m-{ident}", "instance_uuid": SERVER_JSON["id"],
+            "source_compute": "cmp1", "source_node": "cmp1", "dest_compute": "cmp2",
+            "dest_node": "cmp2", "dest_host": "10.0.0.2", "status": status,
+            "migration_type": "evacuation", "created_at": "2026-11-25T17:00:00.000000",
+            "updated_at": None, "old_instance_type_id": 1, "new_instance_type_id": 1,
+            **extra}
+    return Migration.existing(**body)
+
+
+def test_evacuations_ask_for_the_servers_evacuations_from_the_host_newest_first():
+    """Nova's integer id orders them (the sdk would otherwise name a migration by its
+    uuid); entries of another server, host or type are dropped even if Nova sent them."""
+    compute = StandInCompute(migrations=[
+        migration(7, "done"), migration(12, "pre-migrating"), migration(9, "error"),
+        migration(13, "accepted", instance_uuid="other"),
+        migration(14, "accepted", source_compute="cmp3"),
+        migration(15, "finished", migration_type="resize")])
+    views = run_client(compute, lambda c: c.evacuations(SERVER_JSON["id"], "cmp1"))
+    assert [(v.id, v.status, v.source, v.dest) for v in views] == [
+        (12, "pre-migrating", "cmp1", "cmp2"), (9, "error", "cmp1", "cmp2"),
+        (7, "done", "cmp1", "cmp2")]
+    assert views[0].uuid == "m-12" and views[0].instance == SERVER_JSON["id"]
+    assert compute.calls == [("migrations", {"server_id": SERVER_JSON["id"],
+                                             "source_compute": "cmp1",
+                                             "migration_type": "evacuation"})]
 
 
 def test_server_is_none_when_nova_does_not_know_it():
@@ -412,5 +447,10 @@ def test_stand_in_matches_openstacksdk_signatures():
 
     for name in ("services", "update_service", "servers", "get_server", "evacuate_server",
                  "reset_server_state", "stop_server", "start_server", "server_actions",
-                 "aggregates", "add_host_to_aggregate"):
+                 "aggregates", "add_host_to_aggregate", "migrations"):
         assert callable(getattr(Proxy, name, None)), name
+    # the query names the client passes are ones the sdk maps to os-migrations filters
+    from openstack.compute.v2.migration import Migration as SdkMigration
+    mapped = SdkMigration._query_mapping._mapping
+    assert mapped["server_id"] == "instance_uuid"
+    assert {"source_compute", "migration_type"} <= set(mapped)

@@ -3,7 +3,10 @@
 - ``FakeCloud``: Nova's state and the rules the engine depends on, in memory: evacuation
   refused (400) while the source compute service is up and not forced down, a target host
   must be up, enabled and have room, a second evacuation during a rebuild accepted (as Nova
-  does) and flagged, stop/start refused (409) while a task runs, disabling a
+  does) and flagged, an evacuation's migration record (accepted > done, or error with no
+  host) and the window real Nova shows after a rebuild (ACTIVE, no task, still on the
+  source host for ``window`` looks before ``host`` moves and the migration is done), stop/
+  start refused (409) while a task runs, disabling a
   dead host that is not forced down hangs (as real Nova's RPC to the dead compute does: the
   client times out), instances move through Nova's task states, one step per look at the
   server. It records every world-changing call, counts evacuations per instance and flags
@@ -30,7 +33,7 @@ from consensus.state import ClusterState
 from hagent.config import RecoveryConfig
 from hagent.queries import run_query
 from recovery.engine import RecoveryEngine
-from recovery.nova import NovaError, ServerView, ServiceView
+from recovery.nova import MigrationView, NovaError, ServerView, ServiceView
 
 FINAL = ("finished", "failed", "ignored")
 
@@ -80,13 +83,17 @@ class Server:
 
 class FakeCloud:
     """Nova's state and rules (module docstring). ``looks`` is how many looks at a server a
-    task takes to finish (an evacuation on real Nova: ~3 s)."""
+    task takes to finish (an evacuation on real Nova: ~3 s); ``window`` how many more an
+    evacuated server shows its end state on the source host before ``host`` moves."""
 
-    def __init__(self, hosts: list[str], looks: int = 3) -> None:
+    def __init__(self, hosts: list[str], looks: int = 3, window: int = 4) -> None:
         self.hosts = {h: Host(h) for h in hosts}
         self.servers: dict[str, Server] = {}
         self.aggregates: dict[str, dict[str, Any]] = {}
         self.looks = looks
+        self.window = window
+        self.migrations: list[MigrationView] = []
+        self._migration_ids = itertools.count(1)
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
         self.evacuate_calls: collections.Counter[str] = collections.Counter()
         self.evacuations: collections.Counter[str] = collections.Counter()  # accepted
@@ -216,8 +223,9 @@ class FakeCloud:
         if self.service_state(source) == "up":
             raise NovaError(f"evacuate server {server_id}: HTTP 400: Compute service of "
                             f"{source.name} is still in use.", status=400, retryable=False)
-        if server.task_state in ("rebuilding", "rebuild_spawning"):
-            # Nova's evacuate checks no task_state: two rebuilds race, both guests run
+        if any(m.instance == server_id and m.status == "accepted" for m in self.migrations):
+            # Nova's evacuate checks no task_state (and in the window there is none): two
+            # rebuilds race, both guests run
             self.double_runs.append(f"{server.id}: evacuated again while being rebuilt")
         if server.vm_state not in ("active", "stopped", "error"):
             raise NovaError(f"evacuate server {server_id}: HTTP 409: vm_state "
@@ -236,6 +244,14 @@ class FakeCloud:
             dest = fits[0][1] if fits else None
         self.evacuations[server_id] += 1
         self._actions[server_id].append({"action": "evacuate"})
+        migration = MigrationView(id=next(self._migration_ids), uuid=uid(f"mig/{server_id}"),
+                                  instance=server_id, source=source.name, dest=dest,
+                                  status="accepted", created_at=now_iso())
+        self.migrations.append(migration)
+
+        def status(value: str) -> None:
+            self.migrations[self.migrations.index(migration)] = dataclasses.replace(
+                migration, status=value)
         before = server.vm_state
         server.task_state = "rebuilding"
         self.in_flight += 1
@@ -243,20 +259,30 @@ class FakeCloud:
         if dest is not None:
             self.claims[dest] += 1
 
-        def finish() -> None:
-            self.in_flight -= 1
-            if dest is not None:
-                self.claims[dest] -= 1
+        def rebuilt() -> None:
             server.task_state = None
             if dest is None:  # NoValidHost: Nova puts it in ERROR where it was
+                self.in_flight -= 1
+                status("error")
                 server.vm_state = "error"
                 return
             if self.hosts[server.host].powered:  # its old host may still run it
                 self.double_runs.append(f"{server.id} on {server.host} and {dest}")
-            server.host = dest
+            # saved in its end state, host still the source (the window)
             server.vm_state = "stopped" if before == "stopped" else "active"
             server.power_state = 4 if before == "stopped" else 1
-        server.pending.append((self.looks, finish))
+            server.pending.insert(0, (self.window, finish))
+
+        def finish() -> None:  # finish_evacuation
+            self.in_flight -= 1
+            self.claims[dest] -= 1
+            server.host = dest
+            status("done")
+        server.pending.append((self.looks, rebuilt))
+
+    def _evacuations(self, server_id: str, source: str) -> list[MigrationView]:
+        return sorted((m for m in self.migrations
+                       if m.instance == server_id and m.source == source), key=lambda m: -m.id)
 
     def _task(self, server_id: str, task: str, allowed: tuple[str, ...], end: str) -> None:
         server = self._need_server(server_id)
@@ -329,6 +355,9 @@ class FakeNova:
 
     async def evacuate(self, server_id, target_host=None):
         return await self._call("evacuate", server_id, target_host)
+
+    async def evacuations(self, server_id, source_host):
+        return await self._call("evacuations", server_id, source_host)
 
     async def stop(self, server_id): return await self._call("stop", server_id)
     async def start(self, server_id): return await self._call("start", server_id)
