@@ -84,8 +84,8 @@ class Record(NamedTuple):
 
 
 class Fault(NamedTuple):
-    """A fault or repair the scenario applied: kind in crash, process_crash, restart, pause,
-    resume, partition, heal, loss."""
+    """A fault or repair the scenario applied: kind in crash, process_crash, leave, restart,
+    pause, resume, partition, heal, loss."""
 
     t: float
     kind: str
@@ -424,15 +424,26 @@ class Simulator:
     def crash(self, name: str, process: bool = False) -> None:
         """Crash ``name``: the host loses power (silent), or with ``process`` only the process
         dies and its host refuses connections (senders get ``peer_unreachable``)."""
-        node = self._node(name, UP, PAUSED)
-        life = self.lives[name][-1]
+        self._end_life(self._node(name, UP, PAUSED), process,
+                       "process_crash" if process else "crash")
+
+    def _end_life(self, node: SimNode, process: bool, kind: str) -> None:
+        life = self.lives[node.name][-1]
         life.end = self.now
-        life.incarnation_at_end = self_incarnation(node.member, name, self.now)
+        life.incarnation_at_end = self_incarnation(node.member, node.name, self.now)
         node.state = PROCESS_CRASHED if process else CRASHED
         node.inbox.clear()
         self._sent_retired += node.sent
         self._bytes_retired += node.sent_bytes
-        self._fault("process_crash" if process else "crash", name)
+        self._fault(kind, node.name)
+
+    def leave(self, name: str) -> None:
+        """Stop ``name`` gracefully (``systemctl stop``, the first half of a restart or a
+        role re-exec): its core sends the leave, then the process exits and its host refuses
+        connections, as after a process crash."""
+        node = self._node(name, UP)
+        self._apply(node, node.member.leave(self.now))
+        self._end_life(node, True, "leave")
 
     def restart(self, name: str, seeds: Iterable[str] | None = None) -> None:
         """Start ``name`` again as a fresh process (incarnation 0) joining ``seeds`` (default:

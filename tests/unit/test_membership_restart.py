@@ -60,6 +60,7 @@ def restart(net: Net, ordering: str, seed: int) -> None:
         net.apply(ME, new.join(seeds, net.now))
     else:
         raise AssertionError(ordering)
+    net.run(net.now + 0.01)                 # every leave message has landed (latency 1 ms)
 
 
 ORDERINGS = ("leave_first", "join_first", "leave_misses_seed", "seeds_dead")

@@ -108,6 +108,24 @@ def test_a_restarted_node_is_alive_again_everywhere():
     assert sim_analysis.false_dead(sim) == [], f"seed {SEED}"
 
 
+def test_an_agent_restarted_after_a_leave_is_alive_everywhere_then_declared_dead():
+    # A role re-exec with every seed down: the new process (incarnation 0) reaches no one
+    # itself; the peers listing it "left" must find it, and then detect its crash.
+    sim = cluster(8)
+    for seed in ("n0", "n1", "n2"):
+        sim.crash(seed)
+    sim.run_for(20.0)
+    sim.leave("n6")
+    sim.run_for(0.5)
+    sim.restart("n6")
+    sim.run_until_converged(timeout=3.0, step=0.1)
+    sim.run_for(30.0)
+    assert held_by_all(sim, "n6", "alive"), f"seed {SEED}: {sim_analysis.states_now(sim, 'n6')}"
+    sim.crash("n6")
+    sim.run_for(15.0)
+    assert held_by_all(sim, "n6", "dead"), f"seed {SEED}: {sim_analysis.states_now(sim, 'n6')}"
+
+
 def test_a_3s_pause_is_not_declared_dead():
     sim = cluster(8)
     for i in range(8):  # every node once, one at a time
