@@ -12,7 +12,7 @@ import random
 
 import pytest
 
-from hagent.membership import Membership, MemberDead, PushPull
+from hagent.membership import Membership, MemberDead
 from tests.unit.test_membership_swim import KNOBS, NAMES, Net
 
 #: Seconds from the new process's start until every peer lists it alive. The reminders it gets
