@@ -4,7 +4,8 @@ pid, catches up and becomes a voter), remove-voter demotes it again (it re-execs
 non-voter), bad requests are refused with the reason and exit 1 with nothing changed, a
 whole lab SIGKILLed and restarted keeps the voter set the log committed, not the config's,
 and non-voters still find the log, also across a restart, once every original voter was
-replaced.
+replaced. A voter that was removed (alive, or while down) keeps no Raft state, so promoting
+it again starts it from the current voter set, not from its old log's.
 
 The autopilot is off here: these are an operator's changes. Timings are printed, not
 asserted (benchmarks/ holds timing goals)."""
@@ -79,6 +80,36 @@ def not_leading(lab: Lab, name: str) -> None:
     until("a new leader", lambda: lab.leader(among=voters_left) != name)
     lab.start(name)
     lab.wait_ready([name])
+
+
+def raft_files(lab: Lab, name: str) -> list[str]:
+    """What is left of ``name``'s Raft state (its journal, meta, snapshot)."""
+    raft = Path(lab.node(name).config).parent / "state" / "raft"
+    return sorted(p.name for p in raft.iterdir()) if raft.exists() else []
+
+
+def since_last_switch(lab: Lab, name: str) -> str:
+    """``name``'s log since its last role switch (re-exec)."""
+    return Path(lab.node(name).log).read_text().rsplit("role switch:", 1)[-1]
+
+
+def promote_again(lab: Lab, name: str, capsys) -> float:
+    """add-voter ``name``, a non-voter that was a voter before: it keeps no Raft state, so
+    its RaftNode starts from the current voter set (not its old log's) and gets the log from
+    the leader. Returns how long the add took."""
+    assert raft_files(lab, name) == []
+    started = time.monotonic()
+    code, _, err = ctl(lab, lab.leader(), "raft", "add-voter", name, capsys=capsys)
+    took = time.monotonic() - started
+    assert code == 0, err
+    current = sorted(lab.node(n).raft_address for n in voters(lab) if n != name)
+    restarted = since_last_switch(lab, name)
+    assert f"started: voters {', '.join(current)}," in restarted, restarted
+    assert "differs from the voters given" not in restarted
+    until(f"{name} a voter member", lambda: lab.status(name)["member"])
+    with capsys.disabled():
+        print(f"\nadd-voter {name} again (a voter before): {took:.2f} s")
+    return took
 
 
 def notify(lab: Lab, via: str, day: int) -> dict[str, Any]:
@@ -205,6 +236,10 @@ def test_remove_voter_demotes_it_and_the_floor_of_three_holds(lab: Lab, capsys):
     until("node4 a non-voter again", lambda: lab.status("node4")["role"] == "replica"
           and lab.status("node4")["ready"])
     assert lab.node("node4").pid == pid
+    # A non-voter keeps no Raft state: its old log's voter set would outlive the set it is
+    # given when it is promoted again.
+    assert raft_files(lab, "node4") == []
+    assert "removed the Raft state it kept as one" in since_last_switch(lab, "node4")
     leader = lab.leader()
     other = next(n for n in ("node1", "node2", "node3") if n != leader)
     code, _, err = ctl(lab, leader, "raft", "remove-voter", other, capsys=capsys)
@@ -221,7 +256,7 @@ def test_a_whole_lab_killed_and_restarted_keeps_the_committed_voter_set(lab: Lab
     leader first if needed), so the committed set {node2, node3, node4} differs from every
     config's raft.voters; then SIGKILL every agent and start them all again."""
     not_leading(lab, "node1")
-    assert ctl(lab, "node2", "raft", "add-voter", "node4", capsys=capsys)[0] == 0
+    promote_again(lab, "node4", capsys)  # added, removed, added again
     code, _, err = ctl(lab, "node2", "raft", "remove-voter", "node1", capsys=capsys)
     assert code == 0, err
     until("node1 a non-voter", lambda: lab.status("node1")["role"] == "replica")
@@ -282,7 +317,9 @@ def test_a_voter_removed_while_down_whose_saved_set_names_no_leader_comes_back(l
     out and comes back as a non-voter, before its lease would have fenced its host."""
     from consensus import voterfile
 
-    assert ctl(lab, lab.leader(), "raft", "add-voter", "node1", capsys=capsys)[0] == 0
+    # node1 was removed before the set moved on to {node4, node5, node6}: its old log's set
+    # ({node2, node3, node4}) names two non-voters now.
+    promote_again(lab, "node1", capsys)
     lab.stop("node1")
     leader = lab.leader()
     code, _, err = ctl(lab, leader, "raft", "remove-voter", "node1", capsys=capsys)
@@ -305,3 +342,7 @@ def test_a_voter_removed_while_down_whose_saved_set_names_no_leader_comes_back(l
     assert "as a voter that knows the leader says" in log_text
     assert "self-fencing" not in log_text
     assert sorted(voters(lab, "node1")) == ["node4", "node5", "node6"]
+    # Back as a non-voter it dropped the log it kept while it was away (it never learned its
+    # removal from it), and its next promotion starts from the current set.
+    assert "removed the Raft state it kept as one" in since_last_switch(lab, "node1")
+    promote_again(lab, "node1", capsys)
