@@ -12,10 +12,11 @@ from hagent.lab.nova.model import Context, HostSpec, NovaError, NovaModel, Timin
 ADMIN = Context("u-admin", "p-admin", True)
 DEMO = Context("u-demo", "p-demo", False)
 T = Timings()  # real-Nova-like defaults: evacuation ~3 s, service_down_time 10 s
-#: POST evacuate -> ACTIVE on the destination (`host` moved) when it ends running
-EVACUATED = T.evacuate_schedule + T.evacuate_spawn + T.evacuate_finish
+#: POST evacuate -> ACTIVE on the destination (`host` moved) when it ends running, alone
+#: on its destination: scheduled, claimed and spawned, moved (under the resource lock)
+EVACUATED = T.evacuate_schedule + T.evacuate_spawn + T.resource_lock
 #: ... and when it ends stopped (spawned, powered off, then moved)
-EVACUATED_STOPPED = EVACUATED + T.evacuate_power_off + T.evacuate_finish
+EVACUATED_STOPPED = EVACUATED + T.evacuate_power_off
 
 
 class Clock:
@@ -87,11 +88,15 @@ def test_evacuate_refused_while_source_up_accepted_after_force_down(cloud):
     # the destination claimed it and starts: nothing on its hypervisor yet, the server's
     # host stays the source until the rebuild is finished (as real Nova 34 shows)
     clock.run(T.evacuate_schedule)
+    dest = model.migrations[-1].dest
+    assert dest in ("n2", "n3") and model.usage(dest)["instances"] == 1  # Placement's
+    assert model.usage(dest, tracked=True)["instances"] == 0  # not claimed yet
+    clock.run(T.evacuate_spawn * 0.1)
     assert (server.host, server.task_state, server.power_state) == \
         ("n1", st.REBUILDING, st.NOSTATE)
-    dest = model.migrations[-1].dest
-    assert dest in ("n2", "n3") and model.usage(dest)["instances"] == 1
-    clock.run(T.evacuate_spawn * 0.2)
+    assert (model.migrations[-1].status, model.usage(dest, tracked=True)["instances"]) == \
+        ("pre-migrating", 1)
+    clock.run(T.evacuate_spawn * 0.1)
     assert server.task_state == st.REBUILD_BLOCK_DEVICE_MAPPING
     clock.run(T.evacuate_spawn * 0.2)
     assert server.task_state == st.REBUILD_SPAWNING and server.status == "REBUILD"
@@ -99,7 +104,7 @@ def test_evacuate_refused_while_source_up_accepted_after_force_down(cloud):
     assert (server.status, server.task_state, server.power_state, server.host) == \
         ("ACTIVE", None, st.RUNNING, "n1")
     assert model.running()[dest] == [sid]
-    clock.run(T.evacuate_finish)
+    clock.run(T.resource_lock)
     assert (server.host, model.migrations[-1].status) == (dest, "done")
     assert model.usage(dest)["instances"] == 1
     assert [a.action for a in model.server_actions(ADMIN, sid)] == ["evacuate", "create"]
@@ -148,11 +153,11 @@ def test_a_stopped_server_stays_stopped_after_evacuation_at_2_94(cloud):
     # then moves it: SHUTOFF on the source for a moment (as real Nova 34 shows)
     server = model.servers[sid]
     assert (server.status, server.task_state, server.host) == ("ACTIVE", None, "n1")
-    clock.run(T.evacuate_finish)
+    clock.run(T.evacuate_power_off * 0.2)
     assert server.task_state == st.POWERING_OFF
-    clock.run(T.evacuate_power_off)
+    clock.run(T.evacuate_power_off * 0.8)
     assert (server.status, server.task_state, server.host) == ("SHUTOFF", None, "n1")
-    clock.run(T.evacuate_finish)
+    clock.run(T.resource_lock)
     assert (server.status, server.host in ("n2", "n3")) == ("SHUTOFF", True)
     assert model.running() == {"n1": [], "n2": [], "n3": []}
     (evacuation, _, _) = model.server_actions(ADMIN, sid)
@@ -446,3 +451,27 @@ def test_a_build_interrupted_by_a_compute_restart_shows_error_then_completes(clo
     clock.run(T.retry)
     assert (server.status, server.host) == ("ACTIVE", "n1")
     assert model.running()["n1"] == [sid]
+
+
+def test_evacuations_sent_together_herd_onto_one_host_and_queue_there(cloud):
+    """The RAM weigher reads the compute node records, which count an evacuation only once
+    its destination claimed it: evacuations scheduled together all pick the same host (as
+    real Nova 34 did). Their rebuilds end together and finish_evacuation takes that host's
+    resource lock one at a time, so the last one shows ACTIVE on its dead source for
+    n x resource_lock: the window in which "ACTIVE, no task, on the source" does not mean
+    "not evacuated"."""
+    model, clock = cloud
+    ids = [boot(model, clock, "n1") for _ in range(5)]
+    model.power_off("n1", clock.now)
+    model.update_service(model.hosts["n1"].service_uuid, clock.now, forced_down=True)
+    for sid in ids:
+        evacuate(model, clock, sid)
+    clock.run(T.evacuate_schedule)
+    assert {m.dest for m in model.migrations} == {"n2"}
+    clock.run(T.evacuate_spawn)
+    servers = [model.servers[sid] for sid in ids]
+    assert all((s.status, s.task_state, s.host) == ("ACTIVE", None, "n1") for s in servers)
+    for moved in range(1, 6):
+        clock.run(T.resource_lock)
+        assert sum(s.host == "n2" for s in servers) == moved
+    assert model.running()["n2"] == sorted(ids) and model.checker.report(clock.now)["ok"]

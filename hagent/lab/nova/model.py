@@ -71,6 +71,7 @@ class _Evacuation:
     migration: Migration
     dest: str | None = None
     event: ActionEvent | None = None  # compute_rebuild_instance on the destination
+    claimed: bool = False         # the destination's resource tracker has counted it
 
     __hash__ = object.__hash__    # claims are told apart by identity
     __eq__ = object.__eq__
@@ -110,6 +111,7 @@ class NovaModel:
         self.actions: dict[str, list[Action]] = {}
         self.migrations: list[Migration] = []
         self._claims: list[_Evacuation] = []  # evacuations holding their destination
+        self._rt_free: dict[str, float] = {}  # when each compute's resource lock is free
         self._running: dict[str, set[str]] = {name: set() for name in self.hosts}
         self.running_version = 0
         self._queue: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
@@ -368,14 +370,17 @@ class NovaModel:
                 return aggregate.availability_zone
         return DEFAULT_AZ
 
-    def usage(self, host_name: str) -> dict[str, int]:
-        """vcpus, memory_mb, disk_gb and instances held on a host (every server assigned
-        to it, stopped ones included, as Placement keeps their allocations, and every
-        evacuation whose destination claimed it and has not finished yet)."""
+    def usage(self, host_name: str, *, tracked: bool = False) -> dict[str, int]:
+        """vcpus, memory_mb, disk_gb and instances held on a host: every server assigned to
+        it (stopped ones included, as Placement keeps their allocations) and every
+        evacuation scheduled there and not finished yet (Placement's allocation). With
+        ``tracked``: what the scheduler's host state shows instead, the compute node record
+        its resource tracker updates, so an evacuation counts from its claim on."""
         used = {"vcpus": 0, "memory_mb": 0, "disk_gb": 0, "instances": 0}
         held = [s for s in self.servers.values() if s.host == host_name]
         held += [self.servers[op.server] for op in self._claims
-                 if op.dest == host_name and op.server in self.servers]
+                 if op.dest == host_name and op.server in self.servers
+                 and (op.claimed or not tracked)]
         for server in held:
             used["vcpus"] += server.flavor.vcpus
             used["memory_mb"] += server.flavor.ram
@@ -391,13 +396,18 @@ class NovaModel:
                 <= spec.disk_gb * spec.disk_allocation_ratio)
 
     def _free_ram(self, host: Host) -> float:
+        """Free RAM as the RAM weigher sees it: from the compute node record, which an
+        evacuation changes only once the destination claimed it. So requests scheduled
+        together all see the same hosts and pick the same one (real Nova 34 put 10 of 10
+        evacuations sent at once on one of two equal survivors, docs/nova-real.md)."""
         return host.spec.memory_mb * host.spec.ram_allocation_ratio \
-            - self.usage(host.name)["memory_mb"]
+            - self.usage(host.name, tracked=True)["memory_mb"]
 
     def _schedule(self, flavor: Flavor, az: str | None, now: float, *,
                   exclude: Iterable[str] = (), only: str | None = None) -> Host | None:
         """The filter scheduler's pick: ComputeFilter (up, enabled), AvailabilityZone,
-        capacity; the RAM weigher (most free RAM; ties by name)."""
+        capacity (Placement's allocations); the RAM weigher (most free RAM in the host
+        states; ties by name)."""
         excluded = set(exclude)
         candidates = [
             h for h in self.hosts.values()
@@ -627,17 +637,36 @@ class NovaModel:
             self._fail(server, op.action, event, now, NO_VALID_HOST)
             return
         self._finish_event(op.action, event, now, "Success")
-        # the destination's claim: Placement holds the flavor there from now on, while the
-        # server's `host` stays the source until the rebuild is finished
+        # Placement holds the flavor on the destination from now on; the server's `host`
+        # stays the source until the rebuild is finished
         op.dest = op.migration.dest = dest.name
-        op.migration.status = "pre-migrating"
         self._claims.append(op)
         op.event = self._event(op.action, "compute_rebuild_instance", now, dest.name)
+        self._at(now + self.timings.evacuate_spawn * 0.1, self._evac_claim, op)
+
+    def _resource_lock(self, host_name: str, now: float) -> float:
+        """When a finish_evacuation asking for ``host_name``'s resource-tracker lock at
+        ``now`` is done with it: the lock is fair (first come, first served) and each
+        holds it ``resource_lock`` seconds (nova/compute/resource_tracker.py
+        COMPUTE_RESOURCE_SEMAPHORE). Rebuilds sent together end together, so their
+        finishes queue there."""
+        done = max(now, self._rt_free.get(host_name, now)) + self.timings.resource_lock
+        self._rt_free[host_name] = done
+        return done
+
+    def _evac_claim(self, now: float, op: _Evacuation) -> None:
+        """The destination's rebuild_claim (migration pre-migrating, counted in its compute
+        node record), then the start of its rebuild."""
+        server = self.servers.get(op.server)
+        if server is None:
+            self._release(op)
+            return
+        op.claimed, op.migration.status = True, "pre-migrating"
         # _do_rebuild_instance: the power state from the destination's hypervisor (nothing
         # there yet), saved with expected_task_state=[rebuilding]
         if self._rebuild_cas(now, op, server, st.REBUILDING, st.REBUILDING):
             server.power_state = st.NOSTATE
-            self._at(now + self.timings.evacuate_spawn * 0.2, self._evac_bdm, op)
+            self._at(now + self.timings.evacuate_spawn * 0.1, self._evac_bdm, op)
 
     def _rebuild_cas(self, now: float, op: _Evacuation, server: Server, expected: str,
                      task: str) -> bool:
@@ -694,11 +723,11 @@ class NovaModel:
         stop_after = orig_vm_state == st.STOPPED or (op.target_stopped
                                                       and orig_vm_state != st.ERROR)
         if stop_after:
-            self._at(now + self.timings.evacuate_finish, self._evac_power_off, op,
+            self._at(now + self.timings.evacuate_power_off * 0.2, self._evac_power_off, op,
                      orig_vm_state)
             return
         self.checker.wanted(server.id, True, now, "evacuated")
-        self._at(now + self.timings.evacuate_finish, self._evac_finish, op)
+        self._at(self._resource_lock(op.dest, now), self._evac_finish, op)
 
     def _evac_power_off(self, now: float, op: _Evacuation, orig_vm_state: str) -> None:
         """Back to the original (or 2.95's target) state: stop_instance on the destination,
@@ -709,7 +738,7 @@ class NovaModel:
             return
         server.task_state, server.updated = st.POWERING_OFF, now
         event = self._event(op.action, "compute_stop_instance", now, op.dest)
-        self._at(now + self.timings.evacuate_power_off, self._evac_stopped, op, event,
+        self._at(now + self.timings.evacuate_power_off * 0.8, self._evac_stopped, op, event,
                  orig_vm_state)
 
     def _evac_stopped(self, now: float, op: _Evacuation, event: ActionEvent,
@@ -726,7 +755,7 @@ class NovaModel:
         why = "evacuated while stopped" if orig_vm_state == st.STOPPED else \
             "evacuated at microversion >= 2.95 (target state stopped)"
         self.checker.wanted(server.id, False, now, why)
-        self._at(now + self.timings.evacuate_finish, self._evac_finish, op)
+        self._at(self._resource_lock(op.dest, now), self._evac_finish, op)
 
     def _evac_finish(self, now: float, op: _Evacuation) -> None:
         """The resource tracker's finish_evacuation: ``host`` is the destination now, the

@@ -30,9 +30,11 @@ class Timings:
     evacuate_schedule: float = 0.3   # POST -> the conductor has a destination (claimed)
     evacuate_spawn: float = 2.7      # destination claimed -> spawned there (ACTIVE)
     evacuate_power_off: float = 0.3  # spawned -> stopped again (2.95+, or a stopped server)
-    #: The rebuild's end state saved -> the resource tracker moves ``host`` to the
-    #: destination (finish_evacuation); ~0.06 s measured on real Nova 34.
-    evacuate_finish: float = 0.05
+    #: How long a finish_evacuation (which moves ``host`` to the destination) holds the
+    #: destination compute's resource-tracker lock; they queue for it in order, so with many
+    #: evacuations to one host the last ones show their end state on the source for
+    #: seconds (real Nova 34: up to 1.4-3.1 s with 10 at once, docs/nova-real.md).
+    resource_lock: float = 0.25
     boot: float = 1.0
     stop: float = 1.0
     start: float = 1.0
