@@ -144,6 +144,13 @@ def test_host_killed_on_real_nova_leader_killed_mid_evacuation_each_ha_instance_
             assert (got.status, got.compute_host in survivors) == ("ACTIVE", True), \
                 (server, got.status, got.compute_host)
         print(f"HA instances now on {Counter(servers[s].compute_host for s in ha)}")
+        # Nova's migration records, which the engine judged by: one evacuation per HA
+        # instance from the victim, done, to where the instance is now.
+        migrations = [m for m in conn.compute.migrations(source_compute=victim,
+                                                         migration_type="evacuation")]
+        assert sorted(m.server_id for m in migrations) == sorted(ha), migrations
+        assert {m.server_id: (m.status, m.dest_compute) for m in migrations} == \
+            {s: ("done", servers[s].compute_host) for s in ha}
         for server in non_ha:  # left alone on the dead host, as real Nova shows them
             got = servers[server]
             assert (got.status, got.compute_host) == ("ACTIVE", victim), \
@@ -168,24 +175,27 @@ def test_host_killed_on_real_nova_leader_killed_mid_evacuation_each_ha_instance_
               f"-> first evacuation started in Nova {started - off_wall:.0f} s")
         vmoves = {v["instance_uuid"]: v["status"] for v in record["vmoves"]}
         assert vmoves == {**{s: "succeeded" for s in ha}, **{s: "ignored" for s in non_ha}}
+        # One attempt: no step failed, so there was no retry.
+        assert record["recovery_attempts"] == 1, record["recovery_attempts"]
         for step in ("wait_fenced", "force_down", "disable_service", "prepare_instances"):
-            outcomes = [s["outcome"] for s in steps_of(record, step)]  # a retry: skipped
-            assert outcomes[:1] == ["done"] and set(outcomes[1:]) <= {"skipped"}, (step,
-                                                                                   outcomes)
-        # The log's side: each HA instance's evacuate steps end "done" (the call made, or a
-        # dead leader's open intent the new leader found carried out) or "skipped" (Nova
-        # already showed it moved), both leaders took part, and the new one finished. A step
-        # may be closed "failed" first: as not carried out before the leader changed (then
-        # repeated), or by the engine reading a finished real-Nova rebuild as "did not
-        # evacuate" (docs/nova-real.md, "What differs from the simulator"; the retry then
-        # finds it moved). Calls are counted by Nova's instance actions above, not here.
-        steps = {s: [(st["term"], st["outcome"]) for st in steps_of(record, "evacuate", s)]
-                 for s in ha}
-        assert all(seq and seq[-1][1] in ("done", "skipped") for seq in steps.values()), steps
-        terms = {t for seq in steps.values() for t, _ in seq}
-        assert {old_term, new_term} <= terms and max(terms) == new_term, steps
-        print(f"evacuate steps closed failed on the way: "
-              f"{sum(o == 'failed' for seq in steps.values() for _, o in seq)}")
+            assert [s["outcome"] for s in steps_of(record, step)] == ["done"], step
+        # Every evacuation succeeded at its first call, judged by its migration record
+        # although real Nova shows the rebuilt instance ACTIVE on the dead host for seconds
+        # before it moves host (docs/nova-real.md). The only step that may close "failed" is
+        # an intent the dead leader committed and never called (the new leader then made
+        # the call: one evacuate per instance in Nova's actions above). Both leaders
+        # evacuated some; the new one finished.
+        steps = {s: [(st["term"], st["outcome"], st["outcome_detail"] or "")
+                     for st in steps_of(record, "evacuate", s)] for s in ha}
+        for server, seq in steps.items():
+            assert seq and seq[-1][1] == "done", (server, seq)
+            for term, outcome, detail in seq[:-1]:
+                assert (term, outcome) == (old_term, "failed") and \
+                    "not carried out before the leader changed" in detail, (server, seq)
+        done_by = {s: seq[-1][0] for s, seq in steps.items()}
+        assert set(done_by.values()) == {old_term, new_term}, steps
+        print(f"evacuate intents of the dead leader repeated: "
+              f"{sum(len(seq) - 1 for seq in steps.values())}")
 
         # Neither survivor was fenced: the restarted leader renewed its lease in time.
         for node in survivors:

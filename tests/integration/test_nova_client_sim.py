@@ -145,6 +145,45 @@ def test_evacuation_refused_while_source_is_up_then_active_elsewhere_after_force
     print(f"3 evacuations POST -> all ACTIVE elsewhere: {elapsed:.2f} s (simulated durations x0.1)")
 
 
+def test_evacuations_follow_the_migration_record_through_its_statuses(sim):
+    """``evacuations`` through openstacksdk's GET /os-migrations: the evacuation's record
+    exists as soon as Nova accepted the call, goes accepted > pre-migrating > done, and is
+    the server's only one from its source host; one that finds no host ends ``error``."""
+    (moved, stranded) = sim.boot(n_ha=2, hosts=["cmp1"])["ha"]
+    sim.power("cmp1", "off")
+
+    async def scenario(client: NovaClient):
+        await client.force_down("cmp1")
+        before = await client.evacuations(moved, "cmp1")
+        await client.evacuate(moved)
+        statuses = []
+        deadline = time.monotonic() + 10
+        while not statuses or statuses[-1] != "done":
+            (record,) = await client.evacuations(moved, "cmp1")
+            if not statuses or statuses[-1] != record.status:
+                statuses.append(record.status)
+            assert time.monotonic() < deadline, statuses
+            await asyncio.sleep(0.005)
+        view = await client.server(moved)
+        other_source = await client.evacuations(moved, "cmp2")
+        for host in ("cmp2", "cmp3"):  # no room anywhere: no valid host
+            await client.force_down(host)
+        await client.evacuate(stranded)
+        deadline = time.monotonic() + 10
+        while (failed := await client.evacuations(stranded, "cmp1"))[0].status != "error":
+            assert time.monotonic() < deadline, failed
+            await asyncio.sleep(0.02)
+        return before, statuses, record, view, other_source, failed
+
+    before, statuses, record, view, other_source, failed = run(sim, scenario)
+    assert before == [] and other_source == []
+    assert statuses[0] == "accepted" and statuses[-1] == "done", statuses
+    assert set(statuses) <= {"accepted", "pre-migrating", "done"}, statuses
+    assert (record.instance, record.source, record.dest) == (moved, "cmp1", view.host)
+    assert [(m.instance, m.status) for m in failed] == [(stranded, "error")]
+    assert failed[0].id > record.id  # Nova's ids grow: a later migration has a higher id
+
+
 def test_without_the_pin_an_evacuated_server_ends_shutoff(sim):
     """The control for the test above: openstacksdk's own choice of microversion (the highest)
     makes Nova leave the evacuated server SHUTOFF, which is why the client pins 2.94."""
