@@ -165,14 +165,20 @@ class Supervisor:
         log.info("READY in %.1f s (%s)", self.timings["ready"],
                  ", ".join(f"{k} {v:.1f} s" for k, v in self.timings.items()))
 
+    def _picker(self, host: str = LOCAL) -> PortPicker:
+        """Ports claimed for ``DIR/realnova``, not ``DIR``: a picker treats its own owner's
+        claims as stale, so claiming for the lab directory would let this lab take a port
+        ``Lab.up`` claimed for an agent that has not bound it yet."""
+        return PortPicker(self.dir / "realnova", host=host)
+
     def _layout(self) -> Layout:
         if self.bind == LOCAL:
-            ports = PortPicker(self.dir).pick(len(API_PORTS) + len(LOCAL_PORTS))
+            ports = self._picker().pick(len(API_PORTS) + len(LOCAL_PORTS))
             self._ports.append((LOCAL, ports))
             api, local = ports[:len(API_PORTS)], ports[len(API_PORTS):]
         else:
-            api = PortPicker(self.dir, host=self.bind).pick(len(API_PORTS))
-            local = PortPicker(self.dir).pick(len(LOCAL_PORTS))
+            api = self._picker(self.bind).pick(len(API_PORTS))
+            local = self._picker().pick(len(LOCAL_PORTS))
             self._ports += [(self.bind, api), (LOCAL, local)]
         return Layout(dir=self.dir, hosts=tuple(self.hosts), bind=self.bind,
                       ports={**dict(zip(API_PORTS, api)), **dict(zip(LOCAL_PORTS, local))},
@@ -454,7 +460,7 @@ class Supervisor:
             self.procs.clear()
             self.entries.clear()
         for host, ports in self._ports:
-            PortPicker(self.dir, host=host).release(ports)
+            self._picker(host).release(ports)
         remove_data(self.dir / "realnova", keep={"logs"} if keep_logs else None)
         (self.dir / "realnova.json").unlink(missing_ok=True)
         if self.layout is not None:
