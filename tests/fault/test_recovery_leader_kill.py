@@ -1,8 +1,8 @@
 """Issue 5, Must show: the leader SIGKILLed mid-recovery at each point; the new leader
 finishes, each instance is evacuated exactly once, nothing runs twice.
 
-A 5-agent lab with the Nova simulator at real Nova's timings. node5 crashes with four HA
-instances; while the leader recovers it, the leader is SIGKILLed (``lab crash``) at one
+A 5-agent lab with the Nova simulator at real Nova's timings. A host that is not the leader
+(the highest-numbered one) crashes with four HA instances; while the leader recovers it, the leader is SIGKILLed (``lab crash``) at one
 of three points, each made a window the test can wait for by a fault the
 simulator injects on the leader's next request, seen in the log (``notification show``:
 intents without results, vmoves) and in the simulator's records:
@@ -39,7 +39,6 @@ from recovery_helpers import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("lab")]
 
-VICTIM = "node5"
 N_HA = 4
 HOLD = 60.0  # how long the simulator holds a faulted request: far beyond the test's window
 WINDOW = 60.0
@@ -95,10 +94,12 @@ def test_leader_killed_mid_recovery_new_leader_finishes_exactly_once(tmp_path, p
         if point == "between_instances" else {}
     with nova_lab(tmp_path / "lab", config_extra=extra, voters=5) as lab:
         nova = lab.nova
-        ids = nova.boot(n_ha=N_HA, hosts=[VICTIM])["ha"]
         leader = lab.leader()
-        target = next(n for n in lab.names if n not in (VICTIM, leader))
-        keep_off(lab, [n for n in lab.names if n not in (VICTIM, target)])
+        # Not the leader: its crash would change the leader before the window.
+        victim = next(n for n in reversed(lab.names) if n != leader)
+        ids = nova.boot(n_ha=N_HA, hosts=[victim])["ha"]
+        target = next(n for n in lab.names if n not in (victim, leader))
+        keep_off(lab, [n for n in lab.names if n not in (victim, target)])
         actions = rf"/servers/({'|'.join(ids)})/action$"
         if point == "intent_before_call":
             nova.inject(actions, "timeout", method="POST", delay=HOLD, count=N_HA)
@@ -106,8 +107,8 @@ def test_leader_killed_mid_recovery_new_leader_finishes_exactly_once(tmp_path, p
             nova.inject(actions, "timeout", method="POST", delay=HOLD, apply=True,
                         count=N_HA)
 
-        lab.crash(VICTIM)
-        uuid = until("node5's STOPPED", lambda: host_stopped(lab, VICTIM), 30)[
+        lab.crash(victim)
+        uuid = until(f"{victim}'s STOPPED", lambda: host_stopped(lab, victim), 30)[
             "notification_uuid"]
         inside = wait_for_window(lab, uuid, ids, point)
         old_leader = lab.leader()
@@ -162,5 +163,5 @@ def test_leader_killed_mid_recovery_new_leader_finishes_exactly_once(tmp_path, p
         last, _ = follow(lab, other["notification_uuid"])
         assert last["status"] == "finished", last["message"]
         assert lab.power_state(old_leader)["reason"] == "watchdog"
-        survivors = [n for n in lab.names if n not in (VICTIM, old_leader)]
+        survivors = [n for n in lab.names if n not in (victim, old_leader)]
         assert all(lab.power_state(n)["on"] for n in survivors), "a survivor fenced itself"
