@@ -78,7 +78,9 @@ def report(exc: BaseException, procs: Mapping[str, subprocess.Popen],
         lines.append(f"{'stopped during' if stopped else 'failed'} step: {exc.step}")
         lines.append(f"error: {type(exc.cause).__name__}: {exc.cause}")
         if exc.log_file is not None:
-            lines.append(f"daemon: {exc.daemon or '-'}{_state(procs.get(exc.daemon or ''))}; log {exc.log_file}, last lines:")
+            state = _state(procs.get(exc.daemon or ""))
+            lines.append(f"daemon: {exc.daemon or '-'}{state}; log {exc.log_file}, "
+                         f"last lines:")
             lines += ["  | " + line for line in tail(exc.log_file)]
     else:
         lines.append(f"error: {type(exc).__name__}: {exc}")
