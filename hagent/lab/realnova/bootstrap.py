@@ -64,7 +64,8 @@ def keystone_schema(layout: Layout, installed: Installed) -> None:
     conf = layout.etc / "keystone" / "keystone.conf"
     _manage(layout, installed, "keystone-manage", conf, "db_sync")
     _manage(layout, installed, "keystone-manage", conf, "bootstrap",
-            "--bootstrap-password", layout.admin_password,
+            # One argument: a value starting with "-" would be read as an option (exit 2).
+            f"--bootstrap-password={layout.admin_password}",
             "--bootstrap-username", "admin", "--bootstrap-project-name", "admin",
             "--bootstrap-role-name", "admin", "--bootstrap-service-name", "keystone",
             "--bootstrap-region-id", REGION, "--bootstrap-admin-url", layout.auth_url,

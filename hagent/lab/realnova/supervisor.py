@@ -182,8 +182,8 @@ class Supervisor:
             self._ports += [(self.bind, api), (LOCAL, local)]
         return Layout(dir=self.dir, hosts=tuple(self.hosts), bind=self.bind,
                       ports={**dict(zip(API_PORTS, api)), **dict(zip(LOCAL_PORTS, local))},
-                      admin_password=secrets.token_urlsafe(16),
-                      demo_password=secrets.token_urlsafe(16), cloud=self.cloud)
+                      admin_password=secrets.token_hex(16),
+                      demo_password=secrets.token_hex(16), cloud=self.cloud)
 
     def _keystone(self, up: threading.Event) -> None:
         layout, installed = self.layout, self.installed
