@@ -12,12 +12,14 @@ process than the one that started them.
 """
 from __future__ import annotations
 
+import json
+import logging
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Container
 
 import psutil
 
@@ -25,6 +27,8 @@ from hagent.lab import records
 from hagent.lab.hostpower import HostPowerError, call, default_state_path
 
 POWER_FILE = "power.json"
+
+log = logging.getLogger(__name__)
 LOG_FILE = "power.log"
 #: Seconds a switch process may take to create its socket.
 START_TIMEOUT = 10.0
@@ -40,6 +44,36 @@ def _record(lab_dir: Path) -> dict[str, dict[str, Any]]:
 
 def _save(lab_dir: Path, record: dict[str, dict[str, Any]]) -> None:
     records.save(lab_dir / POWER_FILE, record)
+
+
+class SwitchSockets:
+    """host -> switch socket for the lab hosts in ``hosts`` that have one, from
+    ``lab_dir/power.json``, re-read only when the file changes: the power links of the Nova
+    simulator and of the real Nova lab call it every poll (50-200 ms)."""
+
+    def __init__(self, lab_dir: Path | None, hosts: Container[str]) -> None:
+        self.record = lab_dir / POWER_FILE if lab_dir is not None else None
+        self.hosts = hosts
+        self._sockets: dict[str, Path] = {}
+        self._mtime: float | None = None
+
+    def __call__(self) -> dict[str, Path]:
+        if self.record is None:
+            return {}
+        try:
+            mtime = self.record.stat().st_mtime
+        except FileNotFoundError:
+            self._sockets, self._mtime = {}, None
+            return {}
+        if mtime != self._mtime:
+            try:
+                entries = json.loads(self.record.read_text())
+                self._sockets = {host: Path(entry["socket"]) for host, entry in entries.items()
+                                 if host in self.hosts}
+                self._mtime = mtime
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.warning("cannot read %s: %s", self.record, exc)
+        return dict(self._sockets)
 
 
 def start_switches(lab_dir: Path, hosts: dict[str, Path], env: dict[str, str]) -> None:

@@ -16,7 +16,6 @@ off at the last moment it was seen on.
 """
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -24,10 +23,9 @@ from pathlib import Path
 
 from hagent.lab.hostpower import HostPowerError, call
 from hagent.lab.nova.model import NovaModel
+from hagent.lab.power import SwitchSockets
 
 log = logging.getLogger(__name__)
-
-POWER_FILE = "power.json"  # hagent/lab/power.py's record of the switches
 
 
 class PowerLink:
@@ -37,29 +35,9 @@ class PowerLink:
         self.model = model
         self.lab_dir = Path(lab_dir) if lab_dir else None
         self.period = period
-        self._sockets: dict[str, Path] = {}
-        self._mtime: float | None = None
+        #: host -> switch socket, for the model's hosts that have one
+        self.sockets = SwitchSockets(self.lab_dir, model.hosts)
         self.errors = 0
-
-    def sockets(self) -> dict[str, Path]:
-        """host -> switch socket, for the model's hosts that have one."""
-        if self.lab_dir is None:
-            return {}
-        record = self.lab_dir / POWER_FILE
-        try:
-            mtime = record.stat().st_mtime
-        except FileNotFoundError:
-            self._sockets, self._mtime = {}, None
-            return {}
-        if mtime != self._mtime:
-            try:
-                entries = json.loads(record.read_text())
-                self._sockets = {host: Path(entry["socket"]) for host, entry in entries.items()
-                                 if host in self.model.hosts}
-                self._mtime = mtime
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                log.warning("cannot read %s: %s", record, exc)
-        return dict(self._sockets)
 
     def has_switch(self, host: str) -> bool:
         return host in self.sockets()

@@ -12,17 +12,16 @@ nova-compute that dies on its own is not restarted behind the test's back.
 """
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from pathlib import Path
 from typing import Callable
 
 from hagent.lab.hostpower import HostPowerError, call
+from hagent.lab.power import SwitchSockets
 
 log = logging.getLogger(__name__)
 
-POWER_FILE = "power.json"  # hagent/lab/power.py's record of the switches
 PERIOD = 0.1
 
 
@@ -36,30 +35,10 @@ class PowerLink:
         self.lab_dir = Path(lab_dir) if lab_dir else None
         self.on_change = on_change
         self.period = period
-        self._sockets: dict[str, Path] = {}
-        self._mtime: float | None = None
+        #: host -> switch socket, for the lab hosts that have one
+        self.sockets = SwitchSockets(self.lab_dir, self.hosts)
         self._seen: dict[str, bool] = {}
         self._lock = threading.Lock()  # the poller thread and power() both look
-
-    def sockets(self) -> dict[str, Path]:
-        """host -> switch socket, for the lab hosts that have one (re-read as it changes)."""
-        if self.lab_dir is None:
-            return {}
-        record = self.lab_dir / POWER_FILE
-        try:
-            mtime = record.stat().st_mtime
-        except FileNotFoundError:
-            self._sockets, self._mtime = {}, None
-            return {}
-        if mtime != self._mtime:
-            try:
-                entries = json.loads(record.read_text())
-                self._sockets = {host: Path(entry["socket"]) for host, entry in entries.items()
-                                 if host in self.hosts}
-                self._mtime = mtime
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                log.warning("cannot read %s: %s", record, exc)
-        return dict(self._sockets)
 
     def power(self, host: str, action: str) -> dict:
         """Switch a host that has a switch on or off (the change is then applied at once);
