@@ -53,21 +53,28 @@ class HostPowerError(Exception):
 
 # --- the client ------------------------------------------------------------------------------
 
+def exchange(socket_path: str | Path, request: dict[str, Any], timeout: float) -> bytes:
+    """One JSON line to a lab control socket and the line it answers (OSError on failure):
+    the protocol of the power switches and of the real Nova lab's supervisor."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(os.fspath(socket_path))
+        sock.sendall(json.dumps(request).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return data
+
+
 def call(socket_path: str | Path, request: dict[str, Any], timeout: float = 2.0) -> dict[str, Any]:
     """Send one request to the power switch at ``socket_path``; its answer, or HostPowerError
     (also for an answer with ``ok: false``). Blocking; a local round trip takes well under
     a millisecond."""
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect(os.fspath(socket_path))
-            sock.sendall(json.dumps(request).encode() + b"\n")
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
+        data = exchange(socket_path, request, timeout)
     except OSError as exc:
         raise HostPowerError(f"power switch at {socket_path}: {exc.strerror or exc} "
                              f"(is its hostpower process running?)") from None

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from typing import Any, Callable
 import psutil
 
 from hagent.lab import records
+from hagent.lab.hostpower import exchange
 from hagent.lab.realnova import daemons, failure
 from hagent.lab.realnova.layout import CLOUDS_FILE, DATA_DIR, DEFAULT_CLOUD, LOCAL, RECORD_FILE
 from hagent.lab.realnova.supervisor import RealNovaError, clear_stale, remove_data
@@ -241,16 +241,7 @@ class RealNova:
     def _call(self, request: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
         path = self.record["control_socket"]
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.settimeout(timeout)
-                sock.connect(path)
-                sock.sendall(json.dumps(request).encode() + b"\n")
-                data = b""
-                while not data.endswith(b"\n"):
-                    chunk = sock.recv(65536)
-                    if not chunk:
-                        break
-                    data += chunk
+            data = exchange(path, request, timeout)
         except OSError as exc:
             raise RealNovaError(f"the real Nova lab's supervisor ({path}) is unreachable: "
                                 f"{exc}") from None
